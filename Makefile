@@ -1,0 +1,63 @@
+# Two commands matter: `make demo` (the whole lifecycle on embedded defaults) and `make test`.
+# Both bootstrap what they need: uv (via pip when absent), .venv from uv.lock, Redis and PostgreSQL.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export UV_COMPILE_BYTECODE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := true
+export WHYLOGS_NO_ANALYTICS := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PYTHONPATH := $(CURDIR)
+# The demo's Prefect state stays in the repository unless a Prefect server or home is configured.
+export PREFECT_HOME ?= $(CURDIR)/.rtml/prefect
+
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.rtml/tools/bin/uv)
+PY := .venv/bin/python
+
+.PHONY: help demo test bench lint format services clean
+
+help:
+	@echo "make demo    run the whole lifecycle on embedded defaults (DEMO_SMALL=1 for small data)"
+	@echo "make test    run the whole test suite against local Redis and PostgreSQL"
+	@echo "make bench   run the benchmark scripts and print their figures"
+	@echo "make lint    ruff and the pre-commit hooks"
+
+$(UV):
+	@echo "==> uv not found: installing it with pip into .rtml/tools"
+	python3 -m venv .rtml/tools
+	.rtml/tools/bin/pip install --quiet uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	@echo "==> installing the locked environment into .venv"
+	$(UV) sync --frozen
+	@touch $@
+
+services:
+	@bash deploy/local/services.sh
+
+demo: .venv/.synced
+	@bash deploy/local/services.sh redis || true
+	$(PY) -m flows.demo
+
+test: .venv/.synced services
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/pytest tests
+
+bench: .venv/.synced services
+	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
+	@for b in tests/benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
+
+lint: .venv/.synced
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: .venv/.synced
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+clean:
+	rm -rf .rtml/data .rtml/feast .rtml/mlflow .rtml/bentoml .rtml/profiles .rtml/reports

@@ -1,0 +1,1 @@
+"""Model identity and the platform's settings: shared by flows and services, importing neither."""

@@ -1,0 +1,142 @@
+"""Where every store lives: one typed settings object for locations and connections.
+
+Embedded defaults sit under one gitignored folder (``.rtml/``) in the repository; each field is
+overridable with an ``RTML_``-prefixed environment variable, and the libraries' own variables
+(``MLFLOW_TRACKING_URI``, ``BENTOML_HOME``) win when they are set.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Locations, connections and operating limits of the platform."""
+
+    model_config = SettingsConfigDict(env_prefix="RTML_", extra="ignore")
+
+    home: Path = Field(REPO_ROOT / ".rtml", description="Root of every embedded default store.")
+    data_dir: Path | None = Field(None, description="Raw, validated, quarantine and offline data.")
+    feast_repo_path: Path = REPO_ROOT / "feature_repo"
+    feast_project: str = "fraud_detection"
+    feast_registry: str | None = Field(
+        None,
+        description="A file path, or a SQLAlchemy URL (postgresql+psycopg://...) for Feast's SQL registry.",
+    )
+    online_store: Literal["redis", "sqlite"] = "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mlflow_tracking_uri: str | None = None
+    bentoml_home: Path | None = None
+    profile_store: Path | None = Field(None, description="whylogs profiles of training data and traffic.")
+    report_store: Path | None = Field(None, description="Drift reports (HTML and JSON).")
+    model_name: str = "fraud_scorer"
+    feature_service: str = "fraud_scorer_v1"
+    max_invalid_fraction: float = Field(0.05, ge=0, le=1, description="Share of bad rows that fails a batch.")
+    max_batch_size: int = Field(1000, gt=0, description="Largest list /score_batch accepts.")
+    api_key: SecretStr | None = Field(None, description="When set, requests must send it as X-API-Key.")
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="Drift/decay alerts are POSTed here as JSON."
+    )
+
+    def model_post_init(self, __context: object) -> None:
+        self.home = self.home.resolve()
+        self.data_dir = (self.data_dir or self.home / "data").resolve()
+        self.profile_store = (self.profile_store or self.home / "profiles").resolve()
+        self.report_store = (self.report_store or self.home / "reports").resolve()
+        self.feast_repo_path = self.feast_repo_path.resolve()
+        if self.feast_registry is None:
+            self.feast_registry = str(self.home / "feast" / f"{self.feast_project}_registry.db")
+        if env_uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            self.mlflow_tracking_uri = env_uri
+        elif self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+        if env_home := os.environ.get("BENTOML_HOME"):
+            self.bentoml_home = Path(env_home)
+        self.bentoml_home = (self.bentoml_home or self.home / "bentoml").resolve()
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def validated_dir(self) -> Path:
+        return self.data_dir / "validated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.data_dir / "offline"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def feast_yaml(self) -> Path:
+        name = "feature_store.yaml" if self.online_store == "redis" else "feature_store_sqlite.yaml"
+        return self.feast_repo_path / name
+
+    @property
+    def redis_connection_string(self) -> str:
+        """Feast's Redis format (``host:port,db=N``): it rejects ``redis://`` URLs at materialize time."""
+        url = urlparse(self.redis_url)
+        db = (url.path or "/0").lstrip("/") or "0"
+        parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", f"db={db}"]
+        if url.password:
+            parts.append(f"password={url.password}")
+        if url.scheme == "rediss":
+            parts.append("ssl=true")
+        return ",".join(parts)
+
+    def feast_env(self) -> dict[str, str]:
+        """The variables ``feature_store.yaml`` and the feature definitions read."""
+        registry = str(self.feast_registry)
+        is_sql = "://" in registry
+        return {
+            "FEAST_PROJECT": self.feast_project,
+            "FEAST_REGISTRY_TYPE": "sql" if is_sql else "file",
+            "FEAST_REGISTRY_PATH": registry,
+            "REDIS_CONNECTION_STRING": self.redis_connection_string,
+            "FEAST_SQLITE_PATH": str(self.home / "feast" / f"{self.feast_project}_online.db"),
+            "FEAST_OFFLINE_DIR": str(self.offline_dir),
+        }
+
+    def export_feast_env(self) -> None:
+        """Put ``feast_env()`` into this process's environment so Feast's ``${VAR}`` substitution sees it."""
+        os.environ.update(self.feast_env())
+        if "://" not in str(self.feast_registry):
+            Path(str(self.feast_registry)).parent.mkdir(parents=True, exist_ok=True)
+
+    def feature_store(self) -> FeatureStore:
+        """The Feast store these settings describe (Feast is imported here, not at module import)."""
+        from feast import FeatureStore
+
+        self.export_feast_env()
+        return FeatureStore(repo_path=str(self.feast_repo_path), fs_yaml_file=self.feast_yaml)
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+if __name__ == "__main__":
+    # `eval "$(python -m model_store.settings)"` gives a shell what `feast` needs to run in feature_repo/.
+    s = get_settings()
+    for key, value in {**s.feast_env(), "FEAST_FS_YAML_FILE_PATH": str(s.feast_yaml)}.items():
+        print(f"export {key}='{value}'")

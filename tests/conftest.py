@@ -1,0 +1,101 @@
+"""Fixtures every test folder shares: isolated settings, the real Redis, a temporary MLflow, Prefect."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model_store.settings import Settings, get_settings
+
+# Fixture modules owned by each stage; a module provides the fixtures its stage's outputs feed.
+pytest_plugins = [
+    "tests.fixtures.pipeline",
+    "tests.fixtures.training",
+]
+
+REDIS_URL = os.environ.get("RTML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("RTML_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Keep every library off the network and quiet, whatever the developer's shell says.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def unique_project(prefix: str = "t") -> str:
+    """A Feast project name no other test uses: it suffixes every Redis key, which isolates tests."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(home: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Settings:
+    """Settings rooted in ``home`` with a fresh Feast project, installed as the process's ``get_settings()``."""
+    env = {
+        "RTML_HOME": str(home),
+        "RTML_FEAST_PROJECT": unique_project(),
+        "RTML_REDIS_URL": REDIS_URL,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        "BENTOML_HOME": str(home / "bentoml"),
+    }
+    env.update({f"RTML_{k.upper()}": str(v) for k, v in overrides.items()})
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.export_feast_env()
+    return settings
+
+
+@pytest.fixture(autouse=True)
+def _isolated_rtml_environment() -> Iterator[None]:
+    """Code under test may export ``RTML_*`` (the demo's SQLite fallback does); none of it outlives the test."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("RTML_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("RTML_") and k not in before]:
+        del os.environ[key]
+    os.environ.update(before)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Per-test settings: a temporary home and its own Feast project on the shared Redis."""
+    s = make_settings(tmp_path / "rtml", monkeypatch)
+    yield s
+    delete_project_keys(s.feast_project)
+    get_settings.cache_clear()
+
+
+def delete_project_keys(project: str, url: str = REDIS_URL) -> None:
+    """Remove the Redis keys of one Feast project (keys end with the project name), nothing else."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"*{project}", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    except redis.ConnectionError:
+        pass
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the whole session (~8 s), started only by tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
