@@ -1,0 +1,86 @@
+"""Date-partitioned Parquet tables: the validated data and Feast's offline store.
+
+Layout: ``<table_dir>/date=YYYY-MM-DD/<batch>-0.parquet`` (``date=YYYY`` for tables written by year). A batch writes one file per day it touches, named
+after the batch, so writing the same batch again replaces its files instead of duplicating rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_partitions(
+    frame: pd.DataFrame,
+    table_dir: Path,
+    batch_name: str,
+    timestamp_column: str = "event_timestamp",
+    period: Literal["day", "year"] = "day",
+) -> list[Path]:
+    """Write ``frame`` into daily (or, for slowly changing tables spanning years, yearly) partitions."""
+    if frame.empty:
+        return []
+    # Format each distinct period once: formatting a million timestamps costs seconds.
+    floor, fmt = ("D", "%Y-%m-%d") if period == "day" else ("Y", "%Y")
+    periods = (
+        frame[timestamp_column].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period(floor).dt.start_time
+    )
+    codes, days = pd.factorize(periods)
+    date = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(days.strftime(fmt)))
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column("date", date)
+    written: list[Path] = []
+    pq.write_to_dataset(
+        table,
+        root_path=str(table_dir),
+        partition_cols=["date"],
+        basename_template=f"{batch_name}-{{i}}.parquet",
+        # Same batch, same file names: a re-run replaces its own files and leaves other batches alone.
+        existing_data_behavior="overwrite_or_ignore",
+        file_visitor=lambda written_file: written.append(Path(written_file.path)),
+    )
+    return written
+
+
+def read_partitions(
+    table_dir: Path,
+    columns: list[str] | None = None,
+    since: pd.Timestamp | None = None,
+    timestamp_column: str = "event_timestamp",
+) -> pd.DataFrame:
+    """Rows of a partitioned table, optionally only those at or after ``since`` (whole days are skipped)."""
+    files = partition_files(table_dir, since)
+    if not files:
+        return pd.DataFrame(columns=columns or [])
+    frame = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
+    if since is not None:
+        frame = frame[frame[timestamp_column] >= since].reset_index(drop=True)
+    return frame
+
+
+def partition_files(table_dir: Path, since: pd.Timestamp | None = None) -> list[Path]:
+    """Files of a partitioned table in date order; with ``since``, only the partitions that can hold such rows."""
+    if not table_dir.exists():
+        return []
+    first_day = since.strftime("%Y-%m-%d") if since is not None else ""
+    return sorted(
+        f
+        for part in table_dir.glob("date=*")
+        if part.name.removeprefix("date=") >= first_day
+        for f in part.glob("*.parquet")
+    )
+
+
+def max_timestamp(table_dir: Path, timestamp_column: str = "event_timestamp") -> pd.Timestamp | None:
+    """The newest timestamp in a partitioned table (reads only the last day's partition)."""
+    files = partition_files(table_dir)
+    if not files:
+        return None
+    last_day = files[-1].parent
+    values = pd.concat(
+        [pq.read_table(f, columns=[timestamp_column]).to_pandas() for f in last_day.glob("*.parquet")]
+    )[timestamp_column]
+    return values.max()

@@ -1,0 +1,285 @@
+"""Validation of raw batches: every row ends either valid or quarantined with every rule it broke.
+
+Generic over the pandera schema it is given (``flows/fraud_data/schema.py`` holds ours). The rules that need
+context (ids of earlier batches, reference tables, the time of validation, file order) are added to a copy
+of the schema as pandera checks, so one lazy validation reports every failure per row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+
+from flows.ingestion import cast_column, missing_columns, parse_columns
+
+logger = logging.getLogger(__name__)
+
+REASON_COLUMN = "quarantine_reason"
+# The quarantined rows keep their position in the batch (0-based, file order) under this name.
+ROW_COLUMN = "batch_row"
+ORDER_TOLERANCE = pd.Timedelta("1h")
+FUTURE_TOLERANCE = pd.Timedelta("5min")
+
+
+class BatchRejectedError(RuntimeError):
+    """A batch whose share of invalid rows is above the configured threshold."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """A batch split in two: rows fit for downstream and rows quarantined with their reasons."""
+
+    batch_name: str
+    valid: pd.DataFrame
+    quarantined: pd.DataFrame
+    invalid_fraction: float
+    reason_counts: dict[str, int]
+
+    def summary(self) -> dict[str, object]:
+        """Counts for logs and the batch manifest (plain JSON types)."""
+        return {
+            "rows": len(self.valid) + len(self.quarantined),
+            "valid": len(self.valid),
+            "quarantined": len(self.quarantined),
+            "invalid_fraction": self.invalid_fraction,
+            "reason_counts": dict(self.reason_counts),
+        }
+
+
+def validate_batch(
+    df: pd.DataFrame,
+    schema: pa.DataFrameSchema,
+    *,
+    batch_name: str,
+    known_ids: Collection | None = None,
+    id_column: str | None = None,
+    references: Mapping[str, Collection] | None = None,
+    timestamp_column: str | None = None,
+    now: pd.Timestamp | None = None,
+    order_tolerance: pd.Timedelta | None = ORDER_TOLERANCE,
+    future_tolerance: pd.Timedelta = FUTURE_TOLERANCE,
+) -> ValidationResult:
+    """Split ``df`` into valid rows (the schema's columns and types) and quarantined rows with reasons.
+
+    Besides the schema's own rules: ``id_column`` values in ``known_ids`` (earlier batches) are rejected;
+    each ``references`` column must hold a value of its set (e.g. known customer ids); columns whose schema
+    metadata says ``not_in_future``, and ``timestamp_column``, must not be later than ``now`` (default: the
+    current time) plus ``future_tolerance``; ``timestamp_column`` must not fall more than ``order_tolerance``
+    (None: not checked) behind the latest earlier timestamp in file order.
+    """
+    if missing := missing_columns(df, schema):
+        raise ValueError(f"Batch {batch_name}: missing required column(s) {', '.join(missing)}")
+    if known_ids is not None and id_column is None:
+        raise ValueError("validate_batch: known_ids needs id_column, the column they are ids of")
+    named = {id_column, timestamp_column, *(references or {})} - {None}
+    if unknown := sorted(named - set(schema.columns)):
+        raise ValueError(f"validate_batch: {', '.join(unknown)} not a column of the {schema.name} schema")
+    incoming = df.reset_index(drop=True)
+    typed, unparsable = parse_columns(incoming, schema)
+    now = pd.Timestamp.now(tz="UTC") if now is None else _as_utc(pd.Timestamp(now))
+    checked = add_context_checks(
+        schema,
+        known_ids=known_ids,
+        id_column=id_column,
+        references=references or {},
+        timestamp_column=timestamp_column,
+        latest=now + future_tolerance,
+        order_tolerance=order_tolerance,
+    )
+    cases = pd.concat(
+        [
+            unparsable_reasons(unparsable, schema),
+            failed_checks(checked, typed, unparsable, batch_name=batch_name),
+        ],
+        ignore_index=True,
+    )
+    reasons = join_reasons(cases, list(schema.columns))
+
+    rejected = incoming.index.isin(reasons.index)
+    quarantined = incoming.loc[rejected].assign(**{REASON_COLUMN: reasons})
+    quarantined.index.name = ROW_COLUMN
+    valid = typed.loc[~rejected].reset_index(drop=True)
+    for name, column in schema.columns.items():
+        valid[name] = cast_column(valid[name], column.dtype.type)
+    counts = Counter(reason for row in reasons for reason in row.split("; "))
+    result = ValidationResult(
+        batch_name=batch_name,
+        valid=valid,
+        quarantined=quarantined,
+        invalid_fraction=len(quarantined) / len(incoming) if len(incoming) else 0.0,
+        reason_counts=dict(counts.most_common()),
+    )
+    logger.info("Batch %s: %d valid, %d quarantined", batch_name, len(valid), len(quarantined))
+    return result
+
+
+def add_context_checks(
+    schema: pa.DataFrameSchema,
+    *,
+    known_ids: Collection | None,
+    id_column: str | None,
+    references: Mapping[str, Collection],
+    timestamp_column: str | None,
+    latest: pd.Timestamp,
+    order_tolerance: pd.Timedelta | None,
+) -> pa.DataFrameSchema:
+    """A copy of ``schema`` with the rules that need context, checking the frame ``parse_columns`` returns."""
+    checks = {name: list(column.checks) for name, column in schema.columns.items()}
+    if known_ids is not None and id_column is not None:
+        earlier = known_ids if isinstance(known_ids, set | frozenset) else set(known_ids)
+        checks[id_column].append(
+            pa.Check(lambda s: ~s.isin(earlier), name="not_ingested_before", error="already ingested")
+        )
+    for name, ids in references.items():
+        checks[name].append(
+            pa.Check(
+                lambda s, allowed=set(ids): s.isin(allowed),
+                name="known_reference",
+                # customer_id -> "unknown customer"
+                error=f"unknown {name.removesuffix('_id')}",
+            )
+        )
+    timed = {name for name, column in schema.columns.items() if (column.metadata or {}).get("not_in_future")}
+    for name in sorted(timed | ({timestamp_column} - {None}), key=list(schema.columns).index):
+        checks[name].append(
+            pa.Check(
+                lambda s: s <= latest,
+                name="not_in_future",
+                error=f"in the future (after {latest.isoformat()})",
+            )
+        )
+    if timestamp_column is not None and order_tolerance is not None:
+        checks[timestamp_column].append(
+            pa.Check(
+                in_order(latest, order_tolerance),
+                name="in_order",
+                error=f"out of order (more than {_duration(order_tolerance)} before an earlier row)",
+            )
+        )
+    updates: dict[str, dict[str, object]] = {
+        name: {"checks": column_checks} for name, column_checks in checks.items()
+    }
+    for name, column in schema.columns.items():
+        # parse_columns gives integers as nullable Int64, so a missing id is a not_nullable case, not a dtype error.
+        if pd.api.types.is_integer_dtype(column.dtype.type):
+            updates[name]["dtype"] = "Int64"
+    return schema.update_columns(updates)
+
+
+def in_order(latest: pd.Timestamp, tolerance: pd.Timedelta) -> Callable[[pd.Series], pd.Series]:
+    """A check: each timestamp is at most ``tolerance`` before the latest one of the rows above it."""
+
+    def check(timestamps: pd.Series) -> pd.Series:
+        # Future timestamps are quarantined on their own and must not make every later row look late.
+        settled = timestamps.where(timestamps <= latest)
+        running_max = settled.cummax().ffill().shift(1)
+        return ~(timestamps < running_max - tolerance)
+
+    return check
+
+
+def unparsable_reasons(unparsable: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """(index, column, reason) rows for the values that did not parse to their column's type."""
+    cells = unparsable.stack()
+    cells = cells[cells]
+    rows = cells.index.get_level_values(0)
+    columns = cells.index.get_level_values(1)
+    reasons = [f"{c}: not parsable as {schema.columns[c].dtype}" for c in columns]
+    return pd.DataFrame(
+        {"index": rows, "column": columns, "reason": reasons}, columns=["index", "column", "reason"]
+    )
+
+
+def failed_checks(
+    schema: pa.DataFrameSchema, typed: pd.DataFrame, unparsable: pd.DataFrame, *, batch_name: str
+) -> pd.DataFrame:
+    """(index, column, reason) rows for every check of ``schema`` that a row of ``typed`` fails."""
+    try:
+        schema.validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        return pandera_reasons(exc.failure_cases, unparsable, batch_name=batch_name)
+    return pd.DataFrame(columns=["index", "column", "reason"])
+
+
+def join_reasons(cases: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One "column: check; ..." string per failing row, indexed by row, reasons in schema column order."""
+    position = {name: i for i, name in enumerate(columns)}
+    cases = cases.assign(position=cases["column"].map(position).fillna(len(position)))
+    cases = cases.sort_values(["index", "position"], kind="stable")
+    reasons = cases.groupby("index", sort=True)["reason"].agg(lambda rs: "; ".join(dict.fromkeys(rs)))
+    reasons.index = reasons.index.astype(int)
+    return reasons.rename(REASON_COLUMN).astype(object)
+
+
+def pandera_reasons(
+    failure_cases: pd.DataFrame, unparsable: pd.DataFrame, *, batch_name: str
+) -> pd.DataFrame:
+    """Pandera's failure cases as (index, column, reason) rows; raises on a failure no row can be blamed for."""
+    rowless = failure_cases[failure_cases["index"].isna()]
+    if not rowless.empty:
+        problems = "; ".join(f"{c.column}: {c.check} ({c.failure_case})" for c in rowless.itertuples())
+        raise ValueError(f"Batch {batch_name}: failures not tied to a row: {problems}")
+    cases = failure_cases.assign(index=failure_cases["index"].astype(int))
+    # An unparsable value was nulled by parsing: its not_nullable case repeats the reason already given.
+    unparsed = {(i, name) for name in unparsable.columns for i in unparsable.index[unparsable[name]]}
+    repeated = [
+        check == "not_nullable" and (i, column) in unparsed
+        for i, column, check in zip(cases["index"], cases["column"], cases["check"], strict=True)
+    ]
+    cases = cases.loc[[not r for r in repeated]]
+    # Frame-wide checks name their columns in their message; pandera repeats them once per column.
+    frame_wide = cases["schema_context"] == "DataFrameSchema"
+    reason = (
+        cases["check"]
+        .astype(str)
+        .where(frame_wide, cases["column"].astype(str) + ": " + cases["check"].astype(str))
+    )
+    column = cases["column"].where(~frame_wide, reason.str.split(":").str[0])
+    return pd.DataFrame({"index": cases["index"], "column": column, "reason": reason})
+
+
+def write_quarantine(result: ValidationResult, quarantine_dir: Path, batch_name: str) -> Path | None:
+    """Write the quarantined rows as text (so unparsable values survive) to ``<quarantine_dir>/<batch>.parquet``.
+
+    Returns None when nothing was quarantined, after removing that batch's file from an earlier run.
+    """
+    if Path(batch_name).name != batch_name or not batch_name:
+        raise ValueError(f"write_quarantine: batch name {batch_name!r} must be a plain file name")
+    path = Path(quarantine_dir) / f"{batch_name}.parquet"
+    if result.quarantined.empty:
+        if path.exists():
+            logger.info("Batch %s: no rows quarantined, removing the stale %s", batch_name, path)
+            path.unlink()
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = result.quarantined.astype("string").reset_index()
+    text.to_parquet(path, index=False)
+    return path
+
+
+def check_invalid_share(result: ValidationResult, max_fraction: float) -> None:
+    """Raise ``BatchRejectedError`` when the batch's invalid share is above ``max_fraction``."""
+    if result.invalid_fraction <= max_fraction:
+        return
+    top = ", ".join(f"{reason} ({count})" for reason, count in list(result.reason_counts.items())[:5])
+    rows = len(result.valid) + len(result.quarantined)
+    raise BatchRejectedError(
+        f"Batch {result.batch_name} rejected: {len(result.quarantined)} of {rows} rows "
+        f"({result.invalid_fraction:.2%}) failed validation, above max_invalid_fraction={max_fraction} "
+        f"({max_fraction:.2%}). Top reasons: {top}."
+    )
+
+
+def _as_utc(timestamp: pd.Timestamp) -> pd.Timestamp:
+    return timestamp.tz_localize("UTC") if timestamp.tzinfo is None else timestamp.tz_convert("UTC")
+
+
+def _duration(delta: pd.Timedelta) -> str:
+    # "0 days 01:00:00" reads worse than "01:00:00" in a reason.
+    return str(delta).removeprefix("0 days ")
