@@ -1,0 +1,1 @@
+"""Plain functions of the training stage: data, models, tuning, evaluation, plots, tracking."""

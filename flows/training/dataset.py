@@ -1,0 +1,358 @@
+"""Point-in-time training sets: labeled transactions joined to Feast features as of each transaction's time.
+
+The feature list comes from the FeatureService (never a list kept here); the categorical features are its
+string-typed ones. Rows whose label had not arrived by the cut-off are left out, and the set is split by time
+into train, validation and a test holdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from model_store.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+LABEL = "is_fraud"
+ORACLE = "oracle_probability"
+TIMESTAMP = "event_timestamp"
+ENTITY_COLUMNS = ("transaction_id", "customer_id", "merchant_id", TIMESTAMP)
+# Fields the on-demand view takes from the request; training supplies them from the transaction itself.
+REQUEST_COLUMNS = ("amount", "channel", "transaction_unix")
+SLICE_COLUMNS = ("channel", "merchant_category")
+WEIGHT = "sample_weight"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the model reads, as declared by one Feast FeatureService."""
+
+    feature_service: str
+    features: list[str]
+    categorical_features: list[str]
+    feature_refs: list[str]
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Boundaries of a split by time: train < validation_start <= validation < test_start <= test <= end."""
+
+    start: pd.Timestamp
+    validation_start: pd.Timestamp
+    test_start: pd.Timestamp
+    end: pd.Timestamp
+
+    def as_params(self) -> dict[str, str]:
+        return {f"split.{k}": v.isoformat() for k, v in vars(self).items()}
+
+
+@dataclass
+class TrainingSet:
+    """Features and labels split by time, with what produced them."""
+
+    spec: FeatureSpec
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    split: TimeSplit
+    cutoff: pd.Timestamp
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    def parts(self) -> dict[str, pd.DataFrame]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    @property
+    def has_oracle(self) -> bool:
+        return ORACLE in self.test.columns and bool(self.test[ORACLE].notna().all())
+
+
+def open_feature_store(settings: Settings) -> FeatureStore:
+    """The Feast store, with Feast's MLflow integration on so retrievals are recorded on the active run.
+
+    The integration tags the run with the FeatureService and feature refs, and lets
+    ``store.mlflow.resolve_features(model_uri)`` map a registered model back to its service. When
+    ``feature_store.yaml`` declares no ``mlflow:`` block we enable it for this store only.
+    """
+    store = settings.feature_store()
+    if store.config.mlflow is None:
+        store.config.mlflow_config = {"enabled": True, "tracking_uri": settings.mlflow_tracking_uri}
+    return store
+
+
+def read_feature_spec(store: FeatureStore, service_name: str) -> FeatureSpec:
+    """The model's features, in the FeatureService's order, with the string-typed ones as categorical."""
+    from feast.errors import FeastObjectNotFoundException
+    from feast.types import String
+
+    try:
+        service = store.get_feature_service(service_name)
+    except FeastObjectNotFoundException as error:
+        raise LookupError(
+            f"{error}: run the feature pipeline (it applies the Feast definitions) or fix the feature service name"
+        ) from error
+    features: list[str] = []
+    categorical: list[str] = []
+    refs: list[str] = []
+    for projection in service.feature_view_projections:
+        for feature in projection.features:
+            if feature.name in features:
+                raise ValueError(
+                    f"feature {feature.name!r} appears twice in FeatureService {service_name!r}; "
+                    "names must be unique for the model to read them"
+                )
+            features.append(feature.name)
+            refs.append(f"{projection.name_to_use()}:{feature.name}")
+            if feature.dtype == String:
+                categorical.append(feature.name)
+    return FeatureSpec(service_name, features, categorical, refs)
+
+
+def read_labeled_transactions(
+    transactions_dir: Path, cutoff: datetime | None = None, label_maturity: pd.Timedelta | None = None
+) -> tuple[pd.DataFrame, pd.Timestamp, list[Path]]:
+    """Validated transactions whose label had arrived by ``cutoff`` (default: the newest transaction's time).
+
+    Fraud is reported later than legitimate use (chargebacks take weeks), so the newest transactions are
+    labeled mostly when legitimate. ``label_maturity`` leaves out transactions younger than that at the
+    cut-off, trading recent rows for a less skewed fraud rate. Returns the rows, the cut-off, the files read.
+    """
+    files = sorted(transactions_dir.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no validated transactions under {transactions_dir}: run the feature pipeline first"
+        )
+    frame = pd.read_parquet(transactions_dir)
+    frame = frame.drop(columns=[c for c in ("date",) if c in frame.columns])
+    for column in (*ENTITY_COLUMNS, "amount", "channel", LABEL, "label_timestamp"):
+        if column not in frame.columns:
+            raise ValueError(f"validated transactions in {transactions_dir} lack column {column!r}")
+    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    frame["label_timestamp"] = pd.to_datetime(frame["label_timestamp"], utc=True)
+    cut = pd.Timestamp(cutoff) if cutoff is not None else frame[TIMESTAMP].max()
+    if cut.tzinfo is None:
+        cut = cut.tz_localize("UTC")
+    known = (
+        (frame[TIMESTAMP] <= cut - (label_maturity or pd.Timedelta(0)))
+        & frame[LABEL].notna()
+        & frame["label_timestamp"].notna()
+        & (frame["label_timestamp"] <= cut)
+    )
+    labeled = frame.loc[known].copy()
+    labeled[LABEL] = labeled[LABEL].astype(np.int64)
+    logger.info("%d of %d transactions have a label by %s", len(labeled), len(frame), cut)
+    return (
+        labeled.sort_values([TIMESTAMP, "transaction_id"], kind="stable").reset_index(drop=True),
+        cut,
+        files,
+    )
+
+
+def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
+    """Feast's entity dataframe: keys, the transaction's time, and the request fields of the on-demand view."""
+    entities = transactions.loc[:, [*ENTITY_COLUMNS, "amount", "channel"]].copy()
+    entities[TIMESTAMP] = entities[TIMESTAMP].astype("datetime64[us, UTC]")
+    entities["transaction_unix"] = entities[TIMESTAMP].astype("int64") // 1_000_000
+    entities["amount"] = entities["amount"].astype("float64")
+    entities["channel"] = entities["channel"].astype(object)
+    return entities
+
+
+def retrieve_features(store: FeatureStore, spec: FeatureSpec, entities: pd.DataFrame) -> pd.DataFrame:
+    """Each entity row joined to the service's features as they were at its ``event_timestamp``."""
+    service = store.get_feature_service(spec.feature_service)
+    job = store.get_historical_features(entity_df=entities, features=service, full_feature_names=False)
+    frame = job.to_df()
+    # A request field the on-demand view passes through (``channel``) comes back twice; the copies are equal.
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    missing = [name for name in spec.features if name not in frame.columns]
+    if missing:
+        raise ValueError(f"Feast returned no column for feature(s) {missing} of {spec.feature_service!r}")
+    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    return frame.sort_values([TIMESTAMP, "transaction_id"], kind="stable").reset_index(drop=True)
+
+
+def split_by_time(
+    frame: pd.DataFrame, validation_fraction: float, test_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, TimeSplit]:
+    """Train, validation and test by time: the newest ``test_fraction`` of rows is the holdout.
+
+    Boundaries fall on timestamps, so rows sharing a timestamp stay on one side.
+    """
+    if (
+        not 0 < validation_fraction < 1
+        or not 0 < test_fraction < 1
+        or validation_fraction + test_fraction >= 1
+    ):
+        raise ValueError(
+            f"validation_fraction={validation_fraction} and test_fraction={test_fraction} must be in (0, 1) "
+            "and leave rows for training"
+        )
+    times = frame[TIMESTAMP].sort_values(kind="stable").reset_index(drop=True)
+    n = len(times)
+    validation_start = times.iloc[int(n * (1 - validation_fraction - test_fraction))]
+    test_start = times.iloc[int(n * (1 - test_fraction))]
+    train = frame.loc[frame[TIMESTAMP] < validation_start]
+    validation = frame.loc[(frame[TIMESTAMP] >= validation_start) & (frame[TIMESTAMP] < test_start)]
+    test = frame.loc[frame[TIMESTAMP] >= test_start]
+    for part, rows in (("train", train), ("validation", validation), ("test", test)):
+        if rows.empty or rows[LABEL].nunique() < 2:
+            raise ValueError(
+                f"the {part} split ({len(rows)} rows) needs both classes: too few labeled transactions "
+                f"({n}) or fractions too small"
+            )
+    split = TimeSplit(times.iloc[0], validation_start, test_start, times.iloc[-1])
+    return (
+        train.reset_index(drop=True),
+        validation.reset_index(drop=True),
+        test.reset_index(drop=True),
+        split,
+    )
+
+
+def file_digests(files: Iterable[Path], root: Path) -> list[dict[str, Any]]:
+    """Path (relative to ``root``), size and SHA-256 of each file, in path order."""
+    out = []
+    for path in sorted(files):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out.append(
+            {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+        )
+    return out
+
+
+def combined_digest(digests: Iterable[dict[str, Any]]) -> str:
+    """One hash over many files' hashes: equal exactly when the same files hold the same bytes."""
+    digest = hashlib.sha256()
+    for item in digests:
+        digest.update(f"{item['path']}\0{item['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A hash of a frame's values and column names, to tell two training sets apart."""
+    values = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(values.tobytes() + ",".join(frame.columns).encode()).hexdigest()
+
+
+def describe_lineage(
+    settings: Settings, spec: FeatureSpec, transaction_files: list[Path], store: FeatureStore
+) -> dict[str, Any]:
+    """Where the training set came from: source files with content hashes, and the feature definitions."""
+    views = sorted({ref.split(":")[0] for ref in spec.feature_refs})
+    offline_files: list[Path] = []
+    for view in views:
+        folder = settings.offline_dir / view
+        if folder.is_dir():
+            offline_files.extend(folder.rglob("*.parquet"))
+    transactions = file_digests(transaction_files, settings.data_dir)
+    offline = file_digests(offline_files, settings.data_dir)
+    return {
+        "feature_service": spec.feature_service,
+        "feast_project": store.project,
+        "features": spec.features,
+        "categorical_features": spec.categorical_features,
+        "feature_refs": spec.feature_refs,
+        "transactions_hash": combined_digest(transactions),
+        "offline_features_hash": combined_digest(offline),
+        "transaction_files": transactions,
+        "offline_feature_files": offline,
+    }
+
+
+def _rng(seed: int, purpose: str) -> np.random.Generator:
+    # A stream per purpose: the run's seed alone would replay the draws of whatever else it seeded.
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:4], "big")])
+
+
+def downsample_negatives(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
+    """Keep every positive and a ``rate`` share of negatives, with a ``sample_weight`` column of ``1 / rate`` on them.
+
+    The weighted sample has the original class balance in expectation, so a model fit with the weights stays
+    calibrated while it trains on far fewer rows (fraud is ~1 % of transactions). Row order is kept.
+    """
+    if not 0 < rate <= 1:
+        raise ValueError(f"negative_sample_rate={rate} must be in (0, 1]")
+    keep = (frame[LABEL].to_numpy() == 1) | (_rng(seed, "negatives").random(len(frame)) < rate)
+    out = frame.loc[keep].reset_index(drop=True) if rate < 1 else frame.reset_index(drop=True)
+    out[WEIGHT] = np.where(out[LABEL].to_numpy() == 1, 1.0, 1.0 / rate)
+    return out
+
+
+def uniform_sample(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Undo the class skew of a negative-down-sampled frame: a uniform random sample of the original rows.
+
+    Negatives kept at rate r are already a uniform r-sample; keeping each positive with the same r makes the
+    whole a uniform r-sample, whose distributions (what a drift reference needs) are the population's.
+    """
+    rate = 1.0 / float(frame.loc[frame[LABEL] == 0, WEIGHT].max()) if WEIGHT in frame.columns else 1.0
+    if rate >= 1:
+        return frame
+    positives = frame[LABEL].to_numpy() == 1
+    keep = ~positives | (_rng(seed, "positives").random(len(frame)) < rate)
+    return frame.loc[keep]
+
+
+def build_training_set(
+    settings: Settings,
+    store: FeatureStore,
+    feature_service: str,
+    cutoff: datetime | None,
+    validation_fraction: float,
+    test_fraction: float,
+    negative_sample_rate: float = 1.0,
+    seed: int = 0,
+    label_maturity_days: float = 0.0,
+) -> TrainingSet:
+    """Read labeled transactions, split them by time, join their point-in-time features, record lineage.
+
+    Negatives of the training split are down-sampled before the (costly) feature retrieval; validation and the
+    holdout keep every row so their metrics describe real traffic.
+    """
+    spec = read_feature_spec(store, feature_service)
+    transactions, cut, files = read_labeled_transactions(
+        settings.validated_dir / "transactions", cutoff, pd.Timedelta(days=label_maturity_days)
+    )
+    if transactions.empty:
+        raise ValueError(f"no transaction had a label by the cut-off {cut}: nothing to train on")
+    train, validation, test, split = split_by_time(transactions, validation_fraction, test_fraction)
+    labeled_train_rows = len(train)
+    train = downsample_negatives(train, negative_sample_rate, seed)
+    rows = pd.concat([train, validation, test], ignore_index=True)
+    rows[WEIGHT] = rows[WEIGHT].fillna(1.0)
+    extra = [c for c in (LABEL, ORACLE, WEIGHT) if c in rows.columns]
+    features = retrieve_features(store, spec, entity_frame(rows))
+    frame = features.merge(rows[["transaction_id", *extra]], on="transaction_id", how="left", validate="1:1")
+    parts = (
+        frame.loc[frame[TIMESTAMP] < split.validation_start],
+        frame.loc[(frame[TIMESTAMP] >= split.validation_start) & (frame[TIMESTAMP] < split.test_start)],
+        frame.loc[frame[TIMESTAMP] >= split.test_start],
+    )
+    train, validation, test = (part.reset_index(drop=True) for part in parts)
+    lineage = describe_lineage(settings, spec, files, store)
+    lineage["training_frame_hash"] = frame_digest(frame[[*spec.features, LABEL, WEIGHT]])
+    lineage["cutoff"] = cut.isoformat()
+    lineage["negative_sample_rate"] = negative_sample_rate
+    lineage["label_maturity_days"] = label_maturity_days
+    lineage["rows"] = {
+        "labeled": len(transactions),
+        "train_before_sampling": labeled_train_rows,
+        "train": len(train),
+        "validation": len(validation),
+        "test": len(test),
+    }
+    return TrainingSet(spec, train, validation, test, split, cut, lineage)

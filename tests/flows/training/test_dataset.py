@@ -1,0 +1,221 @@
+"""Training sets: point-in-time joins, the feature list from the FeatureService, label cut-off, time split."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.offline_store import write_partitions
+from flows.training.dataset import (
+    build_training_set,
+    entity_frame,
+    open_feature_store,
+    read_feature_spec,
+    read_labeled_transactions,
+    retrieve_features,
+    split_by_time,
+)
+from model_store.settings import Settings
+
+T = pd.Timestamp("2026-03-01 11:00:00", tz="UTC")  # the transaction being scored
+EARLY = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def _activity(customer_rows: list[tuple[pd.Timestamp, int, float]]) -> pd.DataFrame:
+    """Customer activity rows (stamp, txn_count_24h, amount_mean_7d) with the other columns filled plainly."""
+    frame = pd.DataFrame(customer_rows, columns=["event_timestamp", "txn_count_24h", "amount_mean_7d"])
+    frame["customer_id"] = 1
+    for name in ("txn_count_1h", "txn_count_7d", "distinct_merchants_24h"):
+        frame[name] = frame["txn_count_24h"]
+    for name in ("amount_sum_1h", "amount_sum_24h", "amount_sum_7d", "amount_mean_1h", "amount_mean_24h"):
+        frame[name] = frame["amount_mean_7d"]
+    frame["seconds_since_prev_txn"] = 60.0
+    frame["last_txn_unix"] = (frame["event_timestamp"] - pd.Timedelta("1ms")).astype("int64") // 10**9
+    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[us, UTC]")
+    return frame
+
+
+def _write_constructed_store(settings: Settings) -> None:
+    """An offline store where each feature has one value known before T and another stamped after it."""
+    ms = pd.Timedelta("1ms")
+    tables = {
+        "customer_activity": _activity(
+            [(T - pd.Timedelta("1h") + ms, 1, 10.0), (T + ms, 50, 30.0), (T + pd.Timedelta("1h"), 99, 40.0)]
+        ),
+        "merchant_activity": pd.DataFrame(
+            {
+                "merchant_id": [1, 1],
+                "event_timestamp": [T - pd.Timedelta("2h"), T + ms],
+                "merchant_txn_count_1h": [5, 77],
+                "merchant_txn_count_24h": [5, 77],
+                "merchant_amount_mean_24h": [12.0, 900.0],
+            }
+        ),
+        "merchant_risk": pd.DataFrame(
+            {
+                "merchant_id": [1, 1],
+                "event_timestamp": [T.floor("D"), T + pd.Timedelta("1h")],
+                "merchant_fraud_rate_30d": [0.01, 0.9],
+                "merchant_labeled_txn_30d": [100, 200],
+            }
+        ),
+        "customer_profile": pd.DataFrame(
+            {
+                "customer_id": [1],
+                "event_timestamp": [EARLY],
+                "home_region": ["north"],
+                "card_type": ["credit"],
+                "credit_limit": [1000.0],
+                "account_created_unix": [EARLY.value // 10**9],
+            }
+        ),
+        "merchant_profile": pd.DataFrame(
+            {
+                "merchant_id": [1],
+                "event_timestamp": [EARLY],
+                "merchant_category": ["travel"],
+                "merchant_region": ["south"],
+            }
+        ),
+    }
+    for name, frame in tables.items():
+        frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+        write_partitions(frame, settings.offline_dir / name, "constructed")
+
+
+def _feast_apply(settings: Settings) -> None:
+    feast = Path(sys.executable).with_name("feast")
+    command = [str(feast), "-c", str(settings.feast_repo_path), "-f", str(settings.feast_yaml), "apply"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_training_rows_see_only_feature_values_known_before_the_transaction(settings: Settings) -> None:
+    _write_constructed_store(settings)
+    _feast_apply(settings)
+    store = open_feature_store(settings)
+    spec = read_feature_spec(store, settings.feature_service)
+    transactions = pd.DataFrame(
+        {
+            "transaction_id": ["at_T", "later"],
+            "customer_id": [1, 1],
+            "merchant_id": [1, 1],
+            "event_timestamp": [T, T + pd.Timedelta("2h")],
+            "amount": [20.0, 20.0],
+            "channel": ["online", "chip"],
+        }
+    )
+    rows = retrieve_features(store, spec, entity_frame(transactions)).set_index("transaction_id")
+
+    at_t = rows.loc["at_T"]
+    # Values stamped after T (even by 1 ms: the transaction's own activity) must not leak into its row.
+    assert at_t["txn_count_24h"] == 1
+    assert at_t["merchant_txn_count_24h"] == 5
+    assert at_t["merchant_fraud_rate_30d"] == pytest.approx(0.01)
+    # The on-demand view computes from the same as-of values and the request's own fields.
+    assert at_t["amount_to_mean_7d"] == pytest.approx(2.0)
+    assert at_t["seconds_since_last_txn"] == pytest.approx(3600.0, abs=1)
+    assert at_t["channel"] == "online"
+    assert at_t["merchant_category"] == "travel" and at_t["home_region"] == "north"
+    assert at_t["is_foreign_merchant"] == 1
+    # Later rows do see the newer values, so the join is not simply stuck on the first row.
+    later = rows.loc["later"]
+    assert later["txn_count_24h"] == 99
+    assert later["merchant_fraud_rate_30d"] == pytest.approx(0.9)
+
+
+def test_feature_list_and_categoricals_come_from_the_feature_service(pipeline_settings: Settings) -> None:
+    store = open_feature_store(pipeline_settings)
+    spec = read_feature_spec(store, pipeline_settings.feature_service)
+    service = store.get_feature_service(pipeline_settings.feature_service)
+    declared = [f.name for p in service.feature_view_projections for f in p.features]
+    assert spec.features == declared
+    assert set(spec.categorical_features) == {"home_region", "card_type", "merchant_category", "channel"}
+    assert "last_txn_unix" not in spec.features  # read by the on-demand view, not served to the model
+
+
+def test_training_set_matches_an_as_of_join_of_the_offline_store(pipeline_settings: Settings) -> None:
+    """On the pipeline's real data, every row's activity features are the latest ones stamped at or before it."""
+    store = open_feature_store(pipeline_settings)
+    data = build_training_set(pipeline_settings, store, pipeline_settings.feature_service, None, 0.15, 0.15)
+    rows = pd.concat(data.parts().values()).sort_values("event_timestamp")
+    activity = pd.read_parquet(pipeline_settings.offline_dir / "customer_activity").drop(columns="date")
+    activity = activity.sort_values("event_timestamp")
+    expected = pd.merge_asof(
+        rows[["transaction_id", "customer_id", "event_timestamp"]],
+        activity[["customer_id", "event_timestamp", "txn_count_24h"]].rename(
+            columns={"txn_count_24h": "expected"}
+        ),
+        on="event_timestamp",
+        by="customer_id",
+        direction="backward",
+        tolerance=pd.Timedelta("7D"),  # the view's TTL
+    )
+    merged = rows.merge(expected[["transaction_id", "expected"]], on="transaction_id")
+    assert len(merged) == len(rows) > 1000
+    np.testing.assert_array_equal(merged["txn_count_24h"].to_numpy(), merged["expected"].to_numpy())
+    # A transaction never counts itself: its own activity row is stamped 1 ms after it.
+    assert (merged["txn_count_24h"].fillna(0) >= 0).all()
+    assert data.lineage["transactions_hash"] and data.lineage["transaction_files"]
+    assert data.train["event_timestamp"].max() < data.validation["event_timestamp"].min()
+    assert data.validation["event_timestamp"].max() < data.test["event_timestamp"].min()
+
+
+def test_labels_after_the_cutoff_are_left_out(tmp_path: Path) -> None:
+    times = pd.date_range("2026-01-01", periods=6, freq="D", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(6)],
+            "customer_id": 1,
+            "merchant_id": 1,
+            "event_timestamp": times,
+            "amount": 10.0,
+            "channel": "chip",
+            "is_fraud": [0, 1, 0, None, 1, 0],
+            "label_timestamp": [
+                times[0],
+                times[1] + pd.Timedelta("1D"),
+                times[5],
+                pd.NaT,
+                times[4],
+                times[5],
+            ],
+        }
+    )
+    folder = tmp_path / "transactions"
+    write_partitions(frame, folder, "b1")
+    labeled, cutoff, files = read_labeled_transactions(folder, cutoff=times[4].to_pydatetime())
+    # t2's label arrived after the cut-off, t3 has none, t5 happened after it.
+    assert labeled["transaction_id"].tolist() == ["t0", "t1", "t4"]
+    assert cutoff == times[4]
+    assert len(files) == 6
+    mature, _, _ = read_labeled_transactions(folder, times[4].to_pydatetime(), pd.Timedelta(days=3))
+    assert mature["transaction_id"].tolist() == ["t0", "t1"]
+    with pytest.raises(FileNotFoundError, match="run the feature pipeline first"):
+        read_labeled_transactions(tmp_path / "missing")
+
+
+def test_split_is_by_time_and_refuses_a_split_without_both_classes() -> None:
+    times = pd.date_range("2026-01-01", periods=100, freq="h", tz="UTC")
+    frame = pd.DataFrame({"event_timestamp": times, "is_fraud": np.arange(100) % 5 == 0}).astype(
+        {"is_fraud": int}
+    )
+    train, validation, test, split = split_by_time(frame.sample(frac=1, random_state=0), 0.2, 0.1)
+    assert (len(train), len(validation), len(test)) == (70, 20, 10)
+    assert train["event_timestamp"].max() < split.validation_start <= validation["event_timestamp"].min()
+    assert validation["event_timestamp"].max() < split.test_start == test["event_timestamp"].min()
+    frame["is_fraud"] = 0
+    with pytest.raises(ValueError, match="needs both classes"):
+        split_by_time(frame, 0.2, 0.1)
+
+
+def test_an_unknown_feature_service_says_what_to_do(pipeline_settings: Settings) -> None:
+    with pytest.raises(LookupError, match="run the feature pipeline"):
+        read_feature_spec(open_feature_store(pipeline_settings), "no_such_service_v9")
