@@ -1,0 +1,73 @@
+"""The scorer's Prometheus metrics, served on BentoML's ``/metrics`` next to BentoML's own request metrics.
+
+Names are a contract (docs/architecture.md, the Grafana dashboard): ``online_feature_read_seconds``,
+``online_features_missing_total``, ``fraud_score`` and ``model_version_info``. They are created on first use,
+after BentoML has pointed ``prometheus_client`` at its multiprocess directory, and once per process, since
+Prometheus refuses a second registration of the same name.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+# A Redis read takes 0.05-1 ms; the upper buckets catch a struggling store or a large batch.
+READ_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+@dataclass(frozen=True)
+class ScorerMetrics:
+    """Handles on the four metrics; their methods are cheap enough for the request path."""
+
+    feature_read_seconds: Any
+    features_missing: Any
+    score: Any
+    model_version: Any
+
+    def observe_missing(self, missing: Iterable[list[str]]) -> None:
+        """Count null features by name across the rows of a request."""
+        counts = Counter(name for row in missing for name in row)
+        for name, count in counts.items():
+            self.features_missing.labels(feature=name).inc(count)
+
+    def observe_scores(self, scores: Iterable[float]) -> None:
+        for value in scores:
+            self.score.observe(value)
+
+    def set_model(self, name: str, version: str) -> None:
+        """Publish the served version as ``model_version_info{model_name, model_version} 1``."""
+        self.model_version.labels(model_name=name, model_version=version).set(1)
+
+
+@cache
+def scorer_metrics() -> ScorerMetrics:
+    """The process's metrics, registered on first call."""
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client import Gauge, Histogram
+
+    return ScorerMetrics(
+        feature_read_seconds=Histogram(
+            "online_feature_read_seconds",
+            "Time to read a request's online features (all entities, one round trip).",
+            buckets=READ_BUCKETS,
+        ),
+        features_missing=PromCounter(
+            "online_features_missing",
+            "Model features that came back null from the online store (defaults were used).",
+            labelnames=["feature"],
+        ),
+        score=Histogram(
+            "fraud_score", "Fraud probability of each scored transaction.", buckets=SCORE_BUCKETS
+        ),
+        # livemax: one series per version across workers, gone with the process that served it.
+        model_version=Gauge(
+            "model_version_info",
+            "The model version being served (value 1).",
+            labelnames=["model_name", "model_version"],
+            multiprocess_mode="livemax",
+        ),
+    )

@@ -1,0 +1,229 @@
+"""The online scoring service: ``POST /score`` and ``POST /score_batch`` over Feast online features.
+
+Run it with ``bentoml serve services.scorer.service:OnlineScorer`` from the repository root, or serve the bento
+the ``build_service`` flow builds. The endpoints are a small Starlette app mounted on the BentoML service
+(``@bentoml.asgi_app``): measured here, that halves BentoML's per-request cost (``@bentoml.api`` generates
+pydantic JSON schemas per request) and keeps BentoML's probes, metrics and packaging. After start-up the heap
+is frozen and the collector's thresholds raised (``tune_garbage_collector``): full collections of the
+start-up objects otherwise stall every in-flight request for 200-300 ms.
+
+Errors are JSON ``{"error": ..., "details": [{"field": ..., "reason": ...}]}``: 400 for a body that is not
+JSON, 422 for a request that breaks the schema, 413 for an oversized body or batch, 401 for a missing or
+wrong ``X-API-Key`` (when ``settings.api_key`` is set) and 503 (with ``Retry-After``) while the online store is
+unreachable; the service recovers by itself when it is back. Readiness (``/readyz``) requires the model and
+a reachable online store.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import logging
+from typing import Any
+
+import bentoml
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from model_store.settings import get_settings
+from services.scorer.online_features import OnlineStoreUnavailable
+from services.scorer.transaction import BATCH_TOO_LARGE, Transaction, TransactionBatch
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+# Bodies beyond these sizes are refused before they are read into memory.
+MAX_SCORE_BYTES = 64 * 1024
+MAX_BYTES_PER_TRANSACTION = 1024
+# Generation-0 collections every 100k allocations instead of 700, and rare full ones: the live heap is
+# frozen at start-up, so what a collection could free is the little each request leaves behind.
+GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+def error_response(
+    status: int,
+    message: str,
+    details: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A JSON error naming what is wrong (and, for input, which field and why)."""
+    body: dict[str, Any] = {"error": message}
+    if details:
+        body["details"] = details
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def invalid_request(error: ValidationError) -> Response:
+    """400 for malformed JSON, 413 for an oversized batch, 422 for anything else the schema refuses."""
+    problems = error.errors(include_url=False, include_input=False)
+    details = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]} for e in problems]
+    kinds = {e["type"] for e in problems}
+    if "json_invalid" in kinds:
+        return error_response(400, "request body is not valid JSON", details)
+    if BATCH_TOO_LARGE in kinds:
+        return error_response(413, "batch too large", details)
+    return error_response(422, "invalid request", details)
+
+
+def json_response(payload: Any) -> Response:
+    return Response(orjson.dumps(payload), media_type=JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes | Response:
+    """The request body, or a 413 response when it is (or announces itself) larger than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return error_response(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = await request.body()
+    if len(body) > limit:
+        return error_response(413, f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+    return body
+
+
+async def score(request: Request) -> Response:
+    """Score one transaction."""
+    service: OnlineScorer = bentoml.get_current_service()
+    if (denied := service.authorize(request)) is not None:
+        return denied
+    body = await read_body(request, MAX_SCORE_BYTES)
+    if isinstance(body, Response):
+        return body
+    try:
+        transaction = Transaction.model_validate_json(body)
+    except ValidationError as error:
+        return invalid_request(error)
+    try:
+        # Concurrent single requests share Redis round trips and CatBoost calls (see CoalescingScorer).
+        results = await service.coalescer.score([transaction])
+    except OnlineStoreUnavailable as error:
+        return service.unavailable(error)
+    return json_response(results[0])
+
+
+async def score_batch(request: Request) -> Response:
+    """Score up to ``settings.max_batch_size`` transactions sent as ``{"transactions": [...]}``."""
+    service: OnlineScorer = bentoml.get_current_service()
+    if (denied := service.authorize(request)) is not None:
+        return denied
+    body = await read_body(request, MAX_SCORE_BYTES + service.max_batch_size * MAX_BYTES_PER_TRANSACTION)
+    if isinstance(body, Response):
+        return body
+    try:
+        batch = TransactionBatch.model_validate_json(body, context={"max_batch_size": service.max_batch_size})
+    except ValidationError as error:
+        return invalid_request(error)
+    try:
+        results = await service.scoring.score(batch.transactions)
+    except OnlineStoreUnavailable as error:
+        return service.unavailable(error)
+    return json_response({"results": results})
+
+
+api = Starlette(
+    routes=[
+        Route("/score", score, methods=["POST"]),
+        Route("/score_batch", score_batch, methods=["POST"]),
+    ]
+)
+
+
+def tune_garbage_collector() -> tuple[int, int, int]:
+    """Freeze the start-up heap and raise the thresholds; returns the previous thresholds."""
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return previous
+
+
+@bentoml.service(
+    name="online_scorer",
+    workers=1,
+    traffic={"timeout": 30},
+    # Per-request access logs cost as much as the scoring itself; BentoML's request metrics stay on.
+    logging={"access": {"enabled": False}},
+)
+@bentoml.asgi_app(api, path="/")
+class OnlineScorer:
+    """Scores card transactions with the registry's champion and Feast online features."""
+
+    def __init__(self) -> None:
+        from model_store.profiles import ProfileStore
+        from services.scorer.metrics import scorer_metrics
+        from services.scorer.model import load_serving_model
+        from services.scorer.online_features import open_feature_reader
+        from services.scorer.scoring import CoalescingScorer, OnlineScoring
+        from services.scorer.traffic_log import TrafficLog
+
+        settings = get_settings()
+        self.max_batch_size = settings.max_batch_size
+        self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        model = load_serving_model(settings, in_bento=OnlineScorer.bento is not None)
+        if model.contract.feature_service != settings.feature_service:
+            logger.warning(
+                "model %s v%s was trained on feature service %r (settings name %r): serving the model's",
+                model.name,
+                model.version,
+                model.contract.feature_service,
+                settings.feature_service,
+            )
+        reader = open_feature_reader(settings, model.contract.feature_service)
+        metrics = scorer_metrics()
+        metrics.set_model(model.name, model.version)
+        # whylogs runs in a child process: profiling 10,000 rows holds a GIL for 0.3 s, requests need it.
+        traffic_log = TrafficLog(
+            ProfileStore(settings.profile_store, settings.model_name),
+            model.features,
+            model.model_input,
+            writer_process=True,
+        )
+        self.scoring = OnlineScoring(reader, model, metrics, traffic_log)
+        self.coalescer = CoalescingScorer(self.scoring)
+        # Pay CatBoost's first-call costs now rather than on the first request.
+        model.predict({name: [None] for name in model.features})
+        traffic_log.start()
+        self._gc_thresholds: tuple[int, int, int] | None = None
+
+    @bentoml.on_startup
+    def freeze_heap(self) -> None:
+        """Runs once the service and its routes exist: everything alive now lives as long as the process."""
+        self._gc_thresholds = tune_garbage_collector()
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        """Write the buffered traffic log and close connections (BentoML's shutdown hook)."""
+        import asyncio
+
+        await asyncio.to_thread(self.scoring.traffic_log.close)
+        await self.scoring.reader.close()
+        if self._gc_thresholds is not None:
+            gc.unfreeze()
+            gc.set_threshold(*self._gc_thresholds)
+            self._gc_thresholds = None
+
+    async def __is_ready__(self) -> bool:
+        """Ready when the model is loaded (it is, once constructed) and the online store answers."""
+        return await self.scoring.reader.ping()
+
+    def authorize(self, request: Request) -> Response | None:
+        """None when the request may proceed; 401 when an API key is configured and not presented."""
+        if self._api_key is None:
+            return None
+        presented = request.headers.get("x-api-key")
+        if presented is None or not hmac.compare_digest(presented.encode(), self._api_key):
+            return error_response(
+                401,
+                "missing or invalid API key",
+                [{"field": "X-API-Key", "reason": "header required and must match the configured key"}],
+                headers={"WWW-Authenticate": "X-API-Key"},
+            )
+        return None
+
+    def unavailable(self, error: OnlineStoreUnavailable) -> Response:
+        """503 while the online store is down: a clear answer, and a hint to retry shortly."""
+        logger.warning("answering 503: %s", error)
+        return error_response(503, f"online feature store unavailable: {error}", headers={"Retry-After": "1"})

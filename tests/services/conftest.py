@@ -1,0 +1,205 @@
+"""Fixtures of the service tests: a champion in a BentoML store over the pipeline's features, private Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pytest
+import redis
+
+from model_store.settings import Settings, get_settings
+from tests.services.champion import log_champion, sample_rows
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
+
+SERVED_MODEL = "service_test_scorer"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def known_ids(settings: Settings) -> tuple[list[int], list[int]]:
+    """Customers and merchants the feature pipeline materialized."""
+    customers = pd.read_parquet(settings.validated_dir / "customers.parquet")["customer_id"]
+    merchants = pd.read_parquet(settings.validated_dir / "merchants.parquet")["merchant_id"]
+    return sorted(int(c) for c in customers), sorted(int(m) for m in merchants)
+
+
+@pytest.fixture(scope="session")
+def served_env(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The pipeline's features with our own home: MLflow, BentoML store and profiles of a test champion."""
+    from model_store.registry import load_champion
+    from services.scorer.model import save_bento_model
+
+    home = tmp_path_factory.mktemp("served") / "rtml"
+    (home / "mlflow").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in pipeline_env.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        pipeline = get_settings()
+        env = {
+            **pipeline_env,
+            "RTML_HOME": str(home),
+            "RTML_DATA_DIR": str(pipeline.data_dir),
+            "RTML_FEAST_REGISTRY": str(pipeline.feast_registry),
+            "RTML_MODEL_NAME": SERVED_MODEL,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+            "BENTOML_HOME": str(home / "bentoml"),
+        }
+        for key, value in env.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        for key, value in settings.feast_env().items():
+            mp.setenv(key, value)
+        customers, merchants = known_ids(settings)
+        log_champion(settings, sample_rows(customers, merchants, 400, seed=1, now=int(time.time())))
+        save_bento_model(load_champion(settings), settings)
+        get_settings.cache_clear()
+    return env
+
+
+def install_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **overrides: str) -> Settings:
+    """Make ``env`` (plus ``RTML_`` overrides) this process's settings and Feast environment."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key, value in overrides.items():
+        monkeypatch.setenv(f"RTML_{key.upper()}", value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    for key, value in settings.feast_env().items():
+        monkeypatch.setenv(key, value)
+    return settings
+
+
+@pytest.fixture
+def served_settings(served_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings of the served test champion on the shared Redis (the pipeline's Feast project)."""
+    yield install_env(served_env, monkeypatch)
+    get_settings.cache_clear()
+
+
+class RedisServer:
+    """A redis-server of our own on a free port, which a test may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A running redis-server nobody else uses (stopped at the end)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def copy_entity_hashes(settings: Settings, target_url: str, rows: dict[str, list[int]]) -> list[bytes]:
+    """Copy the Feast hashes of the given entities from the shared Redis to ``target_url``, byte for byte."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    source = redis.Redis.from_url(settings.redis_url)
+    target = redis.Redis.from_url(target_url)
+    copied = []
+    for join_key, values in rows.items():
+        for value in values:
+            key = _redis_key(
+                settings.feast_project,
+                EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)]),
+                3,
+            )
+            fields = source.hgetall(key)
+            if fields:
+                target.hset(key, mapping=fields)
+                copied.append(key)
+    source.close()
+    target.close()
+    return copied
+
+
+@functools.cache
+def scorer_app() -> Any:
+    """The service's ASGI app, built once per process: BentoML registers its request metrics per app, and
+    Prometheus refuses a second registration. Each client's lifespan still creates a fresh service instance
+    from the settings of the moment."""
+    from services.scorer.service import OnlineScorer
+
+    return OnlineScorer.to_asgi()
+
+
+@contextlib.contextmanager
+def scorer_client(env: dict[str, str], **overrides: str) -> Iterator[TestClient]:
+    """The service in-process over ASGI (lifespan included: start-up and shutdown hooks run)."""
+    from starlette.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        install_env(env, mp, **overrides)
+        with TestClient(scorer_app()) as client:
+            yield client
+        get_settings.cache_clear()
+
+
+def transaction(customer: int, merchant: int, n: int = 0, **change: Any) -> dict[str, Any]:
+    """A valid request body, ``n`` minutes old, with any field changed."""
+    moment = datetime.now(UTC) - timedelta(minutes=n)
+    return {
+        "transaction_id": f"svc-{customer}-{merchant}-{n}",
+        "customer_id": customer,
+        "merchant_id": merchant,
+        "amount": round(15.0 + 37.5 * n, 2),
+        "timestamp": moment.isoformat(),
+        "channel": ("chip", "contactless", "online")[n % 3],
+        **change,
+    }

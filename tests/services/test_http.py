@@ -1,0 +1,189 @@
+"""The service over real HTTP (``bentoml serve`` in a subprocess) on a Redis of its own that the test stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_store.profiles import ProfileStore
+from model_store.registry import load_champion
+from model_store.settings import REPO_ROOT, Settings, get_settings
+from tests.services.conftest import (
+    RedisServer,
+    copy_entity_hashes,
+    free_port,
+    install_env,
+    known_ids,
+    transaction,
+)
+
+KEY = "http-test-key"
+
+
+class Server:
+    """A ``bentoml serve`` process of the service, its base URL and its Redis."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, redis_server: RedisServer, log: Path
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.redis = redis_server
+        self.log = log
+
+    def wait_ready(self, seconds: float = 120.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"service not ready in {seconds}s: {self.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def http_settings(served_env: dict[str, str]) -> Iterator[Settings]:
+    with pytest.MonkeyPatch.context() as mp:
+        yield install_env(served_env, mp)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def server(
+    served_env: dict[str, str], http_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("http")
+    redis_server = RedisServer(workdir)
+    redis_server.start()
+    customers, merchants = known_ids(http_settings)
+    copy_entity_hashes(
+        http_settings, redis_server.url, {"customer_id": customers[:5], "merchant_id": merchants[:5]}
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        **served_env,
+        "RTML_REDIS_URL": redis_server.url,
+        "RTML_API_KEY": KEY,
+        "PYTHONPATH": str(REPO_ROOT),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    log = workdir / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "bentoml"),
+                "serve",
+                "services.scorer.service:OnlineScorer",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    served = Server(process, f"http://127.0.0.1:{port}", redis_server, log)
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        redis_server.stop()
+
+
+def score(server: Server, payload: dict, key: str | None = KEY) -> httpx.Response:
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.post(f"{server.url}/score", json=payload, headers=headers, timeout=10)
+
+
+def test_scores_over_http_with_the_key_and_refuses_without(server: Server, http_settings: Settings) -> None:
+    customers, merchants = known_ids(http_settings)
+    answer = score(server, transaction(customers[0], merchants[0], 1))
+    assert answer.status_code == 200
+    body = answer.json()
+    champion = load_champion(http_settings)
+    assert (body["model_name"], body["model_version"]) == (champion.name, champion.version)
+    assert body["unknown_entities"] == [] and body["missing_features"] == []
+    refused = score(server, transaction(customers[0], merchants[0], 2), key=None)
+    assert refused.status_code == 401 and "fraud_probability" not in refused.text
+    bad = score(server, transaction(customers[0], merchants[0], 3, amount=-1))
+    assert bad.status_code == 422 and bad.json()["details"][0]["field"] == "amount"
+
+
+def test_metrics_endpoint_exports_ours_and_bentomls(server: Server, http_settings: Settings) -> None:
+    customers, merchants = known_ids(http_settings)
+    assert score(server, transaction(customers[1], merchants[1], 4)).status_code == 200
+    assert score(server, transaction(987_000_111, merchants[1], 5)).status_code == 200
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for name in (
+        "online_feature_read_seconds_bucket",
+        "online_features_missing_total",
+        "fraud_score_bucket",
+        "model_version_info",
+        "bentoml_service_request_total",
+        "bentoml_service_request_duration_seconds_bucket",
+    ):
+        assert name in text, name
+    champion = load_champion(http_settings)
+    assert (
+        f'model_version_info{{model_name="{champion.name}",model_version="{champion.version}"}} 1.0' in text
+    )
+    assert 'endpoint="/score"' in text
+
+
+def test_redis_stopped_gives_503_and_not_ready_then_recovers_without_restart(
+    server: Server, http_settings: Settings
+) -> None:
+    customers, merchants = known_ids(http_settings)
+    payload = transaction(customers[2], merchants[2], 6)
+    assert score(server, payload).status_code == 200
+
+    server.redis.stop()
+    down = score(server, payload)
+    assert down.status_code == 503
+    assert "online feature store unavailable" in down.json()["error"]
+    assert down.headers["Retry-After"] == "1"
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 503
+    assert httpx.get(f"{server.url}/livez", timeout=10).status_code == 200
+
+    server.redis.start()
+    copy_entity_hashes(
+        http_settings, server.redis.url, {"customer_id": customers[:5], "merchant_id": merchants[:5]}
+    )
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    back = score(server, payload)
+    assert back.status_code == 200 and back.json()["unknown_entities"] == []
+    assert server.process.poll() is None
+
+
+def test_shutdown_writes_the_buffered_traffic_log(server: Server, http_settings: Settings) -> None:
+    customers, merchants = known_ids(http_settings)
+    sent = [transaction(customers[3], merchants[3], 10 + i) for i in range(3)]
+    for payload in sent:
+        assert score(server, payload).status_code == 200
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(60)
+    store = ProfileStore(http_settings.profile_store, http_settings.model_name)
+    now = datetime.now(UTC)
+    logged = store.read_predictions(now - timedelta(hours=2), now + timedelta(hours=1))
+    assert {p["transaction_id"] for p in sent} <= set(logged["transaction_id"])
+    assert store.read_window(now - timedelta(hours=2), now + timedelta(hours=1)) is not None
