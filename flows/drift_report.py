@@ -1,0 +1,153 @@
+"""Prefect flow ``drift_report``: the champion's reference profile against a window of serving traffic.
+
+Merges the window's hourly whylogs profiles, judges drift per feature and for the score, measures live
+performance on older predictions whose labels have arrived, writes the HTML and JSON report with its history,
+records it in MLflow, and raises alerts (Prefect event, webhook, training run) with a cool-down.
+Run locally: ``python -m flows.drift_report [--window-hours 24] [--end 2026-03-01T00:00Z]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, Field, field_validator
+
+from flows.monitoring.drift import Distribution, DriftResult, DriftThresholds, detect_drift
+from flows.monitoring.monitored_model import MonitoredModel, find_champion, load_reference, log_report
+from flows.monitoring.performance import (
+    PerformanceResult,
+    PerformanceThresholds,
+    join_labels,
+    load_labels,
+    measure_performance,
+)
+from flows.monitoring.report import (
+    history_entry,
+    read_history,
+    render_html,
+    report_paths,
+    summarize,
+    write_report,
+)
+from flows.monitoring.triggers import AlertLedger, TriggerSettings, collect_alerts, dispatch_alerts
+from flows.monitoring.whylogs_backend import WhylogsBackend
+from model_store.profiles import ProfileStore, window_bounds
+from model_store.settings import get_settings
+
+LEDGER_NAME = "alerts.json"
+
+
+class DriftReportParams(BaseModel):
+    """What to compare and when to alert."""
+
+    window_hours: int = Field(24, gt=0, description="Whole hours of traffic before `end` that are compared.")
+    end: datetime | None = Field(
+        None, description="End of the window (UTC, rounded down to the hour); now if empty."
+    )
+    drift: DriftThresholds = Field(default_factory=DriftThresholds)
+    performance: PerformanceThresholds = Field(default_factory=PerformanceThresholds)
+    triggers: TriggerSettings = Field(default_factory=TriggerSettings)
+    monitoring_experiment: str | None = Field(
+        None, description="MLflow experiment; `<model_name>-monitoring`."
+    )
+
+    @field_validator("end")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """A time without a zone is UTC, like every timestamp of the platform."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@task
+def find_model() -> MonitoredModel:
+    return find_champion(get_settings())
+
+
+@task
+def judge_drift(
+    model: MonitoredModel, window: tuple[datetime, datetime], thresholds: DriftThresholds
+) -> tuple[DriftResult, list[Distribution]]:
+    """Drift of the window against the champion's reference, and the distributions worth drawing."""
+    settings = get_settings()
+    backend = WhylogsBackend()
+    reference = load_reference(model)
+    current = ProfileStore(settings.profile_store, settings.model_name).read_window(*window)
+    result = detect_drift(backend, reference, current, window, thresholds)
+    shown = [v.column for v in result.verdicts if v.drifted or v.column == "score"]
+    distributions = [
+        d for c in shown if current is not None and (d := backend.distribution(reference, current, c))
+    ]
+    return result, distributions
+
+
+@task
+def judge_performance(
+    model: MonitoredModel, end: datetime, thresholds: PerformanceThresholds
+) -> PerformanceResult:
+    """Live figures of the champion's predictions that are old enough for their labels to have arrived."""
+    settings = get_settings()
+    window_end = end - timedelta(hours=thresholds.label_lag_hours)
+    window = (window_end - timedelta(hours=thresholds.window_hours), window_end)
+    predictions = ProfileStore(settings.profile_store, settings.model_name).read_predictions(*window)
+    predictions = predictions[predictions["model_version"].astype(str) == model.version]
+    labels = load_labels(settings.validated_dir, window[0] - timedelta(days=1), as_of=end)
+    joined = join_labels(predictions, labels)
+    return measure_performance(joined, model.threshold, model.holdout, window, end, model.version, thresholds)
+
+
+@task
+def publish_report(
+    model: MonitoredModel,
+    drift: DriftResult,
+    distributions: list[Distribution],
+    performance: PerformanceResult,
+    triggers: TriggerSettings,
+    experiment: str | None,
+) -> dict[str, Any]:
+    """Raise the alerts, write the report and its history, and record it in MLflow."""
+    settings = get_settings()
+    now = datetime.now(UTC)
+    paths = report_paths(settings.report_store, model.name, now)
+    ledger = AlertLedger(settings.report_store / model.name / LEDGER_NAME)
+    # A webhook configured for the platform (RTML_ALERT_WEBHOOK_URL) serves every run.
+    if triggers.webhook_url is None and (url := settings.alert_webhook_url):
+        triggers = triggers.model_copy(update={"webhook_url": url})
+    alerts = collect_alerts(drift, performance, model.name, model.version)
+    outcomes = dispatch_alerts(alerts, ledger, triggers, now, paths.links())
+    summary = summarize(drift, performance, outcomes, model.as_dict(), now, paths)
+    history = [*read_history(paths.history), history_entry(paths, summary)]
+    write_report(paths, summary, render_html(summary, distributions, history, performance))
+    summary["mlflow_run_id"] = log_report(settings, model, paths, summary, experiment)
+    return summary
+
+
+@flow(name="drift_report")
+def drift_report(params: DriftReportParams | None = None) -> dict[str, Any]:
+    """Compare the champion's reference with the last window of traffic; report, record and alert."""
+    params = params or DriftReportParams()
+    logger = get_run_logger()
+    window = window_bounds(params.end or datetime.now(UTC), params.window_hours)
+    model = find_model()
+    drift, distributions = judge_drift(model, window, params.drift)
+    performance = judge_performance(model, window[1], params.performance)
+    summary = publish_report(
+        model, drift, distributions, performance, params.triggers, params.monitoring_experiment
+    )
+    logger.info("%s: %s (report %s)", summary["status"], summary["message"], summary["report"]["html"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.drift_report", description=__doc__.splitlines()[0])
+    parser.add_argument("--window-hours", type=int, default=24)
+    parser.add_argument("--end", type=datetime.fromisoformat, default=None, help="ISO time, UTC if no offset")
+    args = parser.parse_args(argv)
+    summary = drift_report(DriftReportParams(window_hours=args.window_hours, end=args.end))
+    print(f"{summary['status']}: {summary['message']}\n{summary['report']['html']}")
+
+
+if __name__ == "__main__":
+    main()
