@@ -1,0 +1,175 @@
+"""The platform's servers as local processes: a Prefect server with the repository deployed, and the service.
+
+The demo and the integration tests start them the same way: on a free loopback port, logging to a file,
+healthy before they are used, and stopped (process group and all) when the block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from model_store.settings import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+WORK_POOL = "local-process"
+# Variables that point a process at stores or a Prefect API; servers start without the caller's.
+LOCATION_PREFIXES = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
+
+
+class ServerError(RuntimeError):
+    """A local server that exited or never became healthy; the message ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without store or Prefect locations, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LOCATION_PREFIXES)}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", BENTOML_DO_NOT_TRACK="true")
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def running(
+    command: list[str], env: dict[str, str], log_path: Path, health_url: str, timeout: float
+) -> Iterator[None]:
+    """Run ``command`` in its own process group until the block ends; healthy means ``health_url`` answers 200."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_healthy(proc, health_url, log_path, timeout)
+            yield
+        finally:
+            stop(proc)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerError(
+                f"{proc.args[0]} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerError(f"{url} not healthy within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (servers have children), SIGKILL what is left after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def prefect_server(home: Path, scheduler: bool = True, timeout: float = 120) -> Iterator[str]:
+    """``prefect server start`` with its own PREFECT_HOME on a free port; yields the API URL.
+
+    Without ``scheduler``, cron schedules create no runs; events, automations and manual runs still work.
+    """
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--analytics-off", "--no-ui"]
+    env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=str(scheduler).lower())
+    with running(command, env, home / "server.log", f"{api}/health", timeout):
+        yield api
+
+
+def prefect_cli(api: str, home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The prefect CLI against ``api``, from the repository, without a terminal; raises with its output on failure."""
+    done = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", *args],
+        cwd=REPO_ROOT,
+        env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def deploy_all(api: str, home: Path) -> None:
+    """The work pool and every deployment of prefect.yaml, as a platform team runs them."""
+    prefect_cli(api, home, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+    prefect_cli(api, home, "deploy", "--all")
+
+
+@contextmanager
+def prefect_worker(api: str, home: Path, env: dict[str, str]) -> Iterator[None]:
+    """``prefect worker start`` on the work pool until the block ends: it runs every flow run that comes due."""
+    command = [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--with-healthcheck"]
+    port = free_port()
+    worker_env = {
+        **clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+        **env,
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+    }
+    with running(command, worker_env, home / "worker.log", f"http://127.0.0.1:{port}/health", timeout=120):
+        yield
+
+
+def wait_for_flow_run(api: str, flow_run_id: str, timeout: float) -> dict:
+    """Poll a flow run until it reaches a final state (or ``timeout`` seconds pass); returns it."""
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
+        except httpx.TransportError:
+            # A busy server (SQLite under a running flow) answers late; the run goes on regardless.
+            time.sleep(2)
+            continue
+        if run["state"] and run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            break
+        time.sleep(2)
+    return run
+
+
+@contextmanager
+def bento_service(target: str, env: dict[str, str], log_path: Path, timeout: float = 120) -> Iterator[str]:
+    """``bentoml serve TARGET`` (a bento tag, or a service import path) on a free port; yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, {**clean_env(), **env}, log_path, f"{url}/readyz", timeout):
+        yield url

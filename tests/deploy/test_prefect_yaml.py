@@ -1,0 +1,98 @@
+"""prefect.yaml, checked offline: the deployments of docs/architecture.md, their schedules, pools, pull step, and
+default parameters validated by each flow's own parameter schema (the pydantic models in the flows)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from model_store.settings import REPO_ROOT
+
+POOL = "local-process"
+# On-demand deployments whose flows need a value no default can give: what a run passes (docs/deployment.md).
+RUN_TIME_PARAMETERS = {
+    "batch_scoring/batch-scoring": {"params": {"input_path": "/data/transactions.parquet"}},
+}
+
+
+def spec() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+
+
+def deployments() -> dict[str, dict[str, Any]]:
+    return {f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}": d for d in spec()["deployments"]}
+
+
+def contract_deployments() -> set[str]:
+    """The ``flow/deployment`` names docs/architecture.md promises."""
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Prefect deployments", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`(\w+/[\w-]+)`", section))
+
+
+def load_flow(entrypoint: str) -> Any:
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(str(REPO_ROOT / entrypoint))
+
+
+def test_every_contract_deployment_is_declared() -> None:
+    assert set(deployments()) == contract_deployments()
+
+
+@pytest.mark.parametrize("name", sorted(contract_deployments()))
+def test_entrypoint_is_the_flow_of_its_name_and_defaults_validate(name: str) -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    deployment = deployments()[name]
+    path, function = deployment["entrypoint"].split(":")
+    assert path == f"flows/{function}.py", "one flow per file, named after the flow"
+    flow = load_flow(deployment["entrypoint"])
+    assert flow.name == name.split("/")[0]
+    parameters = deployment.get("parameters") or {}
+    # What the server enforces (enforce_parameter_schema) and what the flow run validates on start.
+    schema = parameter_schema(flow).model_dump_for_openapi()
+    assert set(parameters) <= set(schema["properties"]), f"unknown parameters {set(parameters)}"
+    if name in RUN_TIME_PARAMETERS:
+        assert not deployment.get("schedules") and not deployment.get("triggers"), "nothing to run it with"
+        parameters = {**parameters, **RUN_TIME_PARAMETERS[name]}
+    flow.validate_parameters(parameters)
+
+
+def test_parameter_validation_rejects_a_bad_default() -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    flow = load_flow(deployments()["feature_pipeline/feature-pipeline"]["entrypoint"])
+    with pytest.raises(ParameterTypeError, match="max_invalid_fraction"):
+        flow.validate_parameters({"params": {"max_invalid_fraction": 2}})
+
+
+def test_schedules_match_each_flows_cadence() -> None:
+    found = deployments()
+
+    def crons(name: str) -> list[str]:
+        return [s["cron"] for s in found[name].get("schedules") or []]
+
+    assert crons("feature_pipeline/feature-pipeline") == ["0 * * * *"]
+    assert crons("drift_report/drift-report") == ["15 * * * *"]
+    (weekly,) = crons("training_pipeline/training-pipeline")
+    assert weekly.split()[2:4] == ["*", "*"] and weekly.split()[4] != "*", "weekly: one day of the week"
+    assert found["training_pipeline/training-pipeline"]["triggers"], "training also starts on a trigger"
+    assert not crons("batch_scoring/batch-scoring") and not crons("build_service/build-service")
+
+
+def test_work_pool_pull_step_and_documented_alternatives() -> None:
+    declared = spec()
+    for name, deployment in deployments().items():
+        assert deployment["work_pool"]["name"] == POOL, name
+    (pull,) = declared["pull"]
+    assert list(pull) == ["prefect.deployments.steps.set_working_directory"]
+    build_ids = {step[next(iter(step))].get("id") for step in declared["build"]}
+    template = pull["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert re.fullmatch(r"\{\{ ([\w-]+)\.stdout \}\}", template).group(1) in build_ids
+    pools = declared["definitions"]["work_pools"]
+    assert {"local_process", "docker", "kubernetes"} <= set(pools)
+    assert pools["docker"]["job_variables"]["image"] == pools["kubernetes"]["job_variables"]["image"]

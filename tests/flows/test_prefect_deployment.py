@@ -1,0 +1,281 @@
+"""prefect.yaml on a real Prefect server: `prefect deploy --all`, the scheduler, and a worker running a deployment.
+
+One server per module (its own PREFECT_HOME and loopback port). The feature pipeline deployment runs through
+`prefect worker start --run-once` with test settings passed as the flow run's job variables, so the worker
+itself knows nothing of them; its outputs (offline Parquet, Redis keys of a unique Feast project) are checked
+and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import redis
+import yaml
+
+from model_store.settings import REPO_ROOT
+from tests.conftest import REDIS_URL, delete_project_keys, unique_project
+
+BIN = Path(sys.executable).parent
+POOL = "local-process"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+
+def declared_deployments() -> dict[str, dict]:
+    """prefect.yaml's deployments by ``flow_name/deployment-name`` (flow name: the entrypoint's function)."""
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    return {f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}": d for d in spec["deployments"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any store or Prefect location, plus ``extra``."""
+    prefixes = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **extra)
+    return env
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A ``prefect server start`` (scheduler on) on a loopback port with its own PREFECT_HOME; yields its API URL."""
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--analytics-off",
+            "--no-ui",
+        ],
+        env=clean_env(PREFECT_HOME=str(home)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prefect server not healthy in 120 s: {log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield api
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def prefect(api: str, home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the prefect CLI against the test server from the repository, without a terminal."""
+    done = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", *args],
+        cwd=REPO_ROOT,
+        env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    return done
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A Prefect server with the work pool and every deployment of prefect.yaml; yields (API URL, PREFECT_HOME)."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    with prefect_server(home) as api:
+        prefect(api, home, "work-pool", "create", POOL, "--type", "process")
+        prefect(api, home, "deploy", "--all", timeout=300)
+        yield api, home
+
+
+def api_deployments(api: str) -> dict[str, dict]:
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, timeout=10).json()}
+    found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+    return {f"{flows[d['flow_id']]}/{d['name']}": d for d in found}
+
+
+def test_deploy_all_registers_every_flow_on_the_process_pool(deployed: tuple[str, Path]) -> None:
+    api, _ = deployed
+    declared = declared_deployments()
+    deployments = api_deployments(api)
+    assert set(deployments) == set(declared)
+    for name, deployment in deployments.items():
+        assert deployment["work_pool_name"] == POOL, name
+        assert deployment["parameters"] == declared[name].get("parameters", {}), name
+        assert deployment["entrypoint"] == declared[name]["entrypoint"], name
+        # The pull step sends flow runs to the checkout that was deployed, wherever the worker starts.
+        (step,) = deployment["pull_steps"]
+        assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO_ROOT), name
+        crons = sorted(s["schedule"]["cron"] for s in deployment["schedules"])
+        assert crons == sorted(s["cron"] for s in declared[name].get("schedules") or []), name
+
+
+def test_scheduler_turns_cron_schedules_into_scheduled_runs(deployed: tuple[str, Path]) -> None:
+    """Guards the SQLAlchemy pin: under SQLAlchemy 2.1 Prefect 3.8's scheduler never creates cron runs."""
+    api, _ = deployed
+    scheduled = {name: d["id"] for name, d in api_deployments(api).items() if d["schedules"]}
+    assert "feature_pipeline/feature-pipeline" in scheduled
+    deadline = time.monotonic() + 90
+    while True:
+        runs = httpx.post(
+            f"{api}/flow_runs/filter",
+            json={"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 200},
+            timeout=10,
+        ).json()
+        with_runs = {r["deployment_id"] for r in runs if r["auto_scheduled"]}
+        if set(scheduled.values()) <= with_runs or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    missing = sorted(name for name, id_ in scheduled.items() if id_ not in with_runs)
+    assert not missing, f"no scheduled runs within 90 s for {missing}"
+
+
+def test_monitoring_event_starts_the_training_deployment(deployed: tuple[str, Path]) -> None:
+    """The drift report's alert event is what the training deployment's trigger reacts to."""
+    api, home = deployed
+    training = api_deployments(api)["training_pipeline/training-pipeline"]["id"]
+    emit = (
+        "from prefect.events import emit_event\n"
+        "emit_event(event='rtml.monitoring.feature-drift', resource={'prefect.resource.id': 'rtml.model.fraud_scorer',"
+        " 'prefect.resource.name': 'fraud_scorer'})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", emit],
+        cwd=REPO_ROOT,
+        env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    deadline = time.monotonic() + 60
+    while True:
+        runs = httpx.post(
+            f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [training]}}}, timeout=10
+        ).json()
+        triggered = [r for r in runs if not r["auto_scheduled"]]
+        if triggered or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    # Remove them before a worker could pick them up: they are due now.
+    for run in triggered:
+        httpx.delete(f"{api}/flow_runs/{run['id']}", timeout=10).raise_for_status()
+    assert len(triggered) == 1, "one alert event starts one training run"
+
+
+def write_small_raw_data(raw_dir: Path) -> tuple[int, int, int]:
+    """A few thousand generated transactions as one raw batch; returns (transactions, customers, merchants)."""
+    from flows.fraud_data.generator import GeneratorConfig, generate_raw_data, write_raw_data
+
+    end = pd.Timestamp.now(tz="UTC").floor("h")
+    config = GeneratorConfig(
+        n_transactions=3_000,
+        n_customers=300,
+        n_merchants=40,
+        days=14,
+        start=end.floor("D") - pd.Timedelta(days=14),
+        seed=11,
+    )
+    data = generate_raw_data(config)
+    write_raw_data(data, raw_dir, "batch_001")
+    return len(data.transactions), len(data.customers), len(data.merchants)
+
+
+def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path], tmp_path: Path) -> None:
+    api, home = deployed
+    # Only the run made here may execute: pausing removes the scheduled runs (the scheduler test saw them).
+    for deployment in api_deployments(api).values():
+        httpx.post(f"{api}/deployments/{deployment['id']}/pause_deployment", timeout=10).raise_for_status()
+
+    rtml_home = tmp_path / "rtml"
+    n_transactions, n_customers, n_merchants = write_small_raw_data(rtml_home / "data" / "raw")
+    project = unique_project("deploy")
+    settings_env = {
+        "RTML_HOME": str(rtml_home),
+        "RTML_FEAST_PROJECT": project,
+        "RTML_REDIS_URL": REDIS_URL,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{rtml_home / 'mlflow.db'}",
+        "BENTOML_HOME": str(rtml_home / "bentoml"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
+    try:
+        created = prefect(
+            api,
+            home,
+            "deployment",
+            "run",
+            "feature_pipeline/feature-pipeline",
+            "--job-variable",
+            f"env={json.dumps(settings_env)}",
+        )
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", created.stdout).group(1)
+
+        # The worker starts elsewhere and without the test settings: the pull step and job variables do the rest.
+        worker = subprocess.run(
+            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once"],
+            cwd=tmp_path,
+            env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        assert run["state_type"] == "COMPLETED", (
+            f"{run['state_name']}:\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
+        )
+
+        activity = pd.read_parquet(rtml_home / "data" / "offline" / "customer_activity")
+        assert len(activity) == n_transactions
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = sum(1 for _ in client.scan_iter(match=f"*{project}", count=1000))
+        finally:
+            client.close()
+        # One hash per customer and per merchant, each holding all of its feature views.
+        assert keys == n_customers + n_merchants
+    finally:
+        delete_project_keys(project)
