@@ -1,0 +1,382 @@
+"""`make demo`: the platform's whole lifecycle on embedded defaults, step by step, with progress on the terminal.
+
+This is the CLI surface (it prints). Each step runs the same flows a Prefect deployment runs, against a
+Prefect server the demo starts (unless ``PREFECT_API_URL`` names one), with every deployment of
+``prefect.yaml``: the drift report's alert reaches the training deployment through the automation declared
+there, and a worker runs it, as on a platform. ``DEMO_SMALL=1`` runs the same steps on small data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from flows import local_platform
+from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
+from model_store.settings import Settings, get_settings
+
+TRAINING_DEPLOYMENT = "training_pipeline/training-pipeline"
+# The drifted period is streamed in this many slices, each followed by a feature pipeline run.
+STREAM_SLICES = 4
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    name: str
+    transactions: int
+    customers: int
+    merchants: int
+    days: int
+    drift_days: int
+    trials: int
+    tuning_minutes: float
+    scored_one_by_one: int
+
+
+FULL = DemoSize("demo-size", 1_000_000, 50_000, 5_000, 90, 10, 8, 1.0, 2_000)
+SMALL = DemoSize("small", 40_000, 2_000, 200, 60, 7, 3, 0.5, 300)
+
+
+def step(number: int, title: str) -> None:
+    print(f"\n==> [{number}/7] {title}", flush=True)
+
+
+def say(text: str) -> None:
+    print(f"    {text}", flush=True)
+
+
+def ensure_online_store(settings: Settings) -> Settings:
+    """Use Redis when it answers; otherwise fall back to Feast's embedded SQLite store and say so once."""
+    import redis
+
+    if settings.online_store == "sqlite":
+        return settings
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
+        print(f"    online store: Redis at {settings.redis_url}")
+        return settings
+    except redis.ConnectionError:
+        print(
+            f"!!  No Redis answers at {settings.redis_url}: falling back to Feast's embedded SQLite online store"
+            " (set RTML_REDIS_URL or start redis-server to use Redis)."
+        )
+        os.environ["RTML_ONLINE_STORE"] = "sqlite"
+        get_settings.cache_clear()
+        return get_settings()
+
+
+def start_fresh(settings: Settings) -> None:
+    """Each demo starts from empty stores under the demo's home, so it tells the same story every time.
+
+    That includes the demo's own Prefect server state: a run left "Running" by an interrupted demo would
+    hold the training deployment's concurrency slot. A server named by PREFECT_API_URL is never touched.
+    """
+    folders = ["data", "feast", "mlflow", "bentoml", "profiles", "reports"]
+    if not os.environ.get("PREFECT_API_URL"):
+        folders.append("prefect")
+    for folder in folders:
+        shutil.rmtree(settings.home / folder, ignore_errors=True)
+    (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+
+
+def generate_demo_data(settings: Settings, size: DemoSize) -> RawData:
+    """Generated raw data ending now; the first batch stops where the drift starts, the drifted rest is returned."""
+    end = pd.Timestamp.now(tz="UTC").floor("h")
+    drift_start = end - pd.Timedelta(days=size.drift_days)
+    config = GeneratorConfig(
+        n_transactions=size.transactions,
+        n_customers=size.customers,
+        n_merchants=size.merchants,
+        start=end - pd.Timedelta(days=size.days),
+        days=size.days,
+        drift=DriftSpec(start=drift_start, amount_inflation=1.4, channel_shift=0.3, new_fraud_pattern=True),
+    )
+    data = generate_raw_data(config)
+    tx = data.transactions
+    before = tx[tx["event_timestamp"] < drift_start]
+    write_raw_data(RawData(data.customers, data.merchants, before), settings.raw_dir, "batch_0001_history")
+    say(
+        f"{len(tx):,} transactions ({tx['is_fraud'].mean():.2%} fraud), {len(data.customers):,} customers,"
+        f" {len(data.merchants):,} merchants; drift from {drift_start:%Y-%m-%d %H:%M} (amounts x1.4, 30 % of"
+        " card-present moved online, a new card-testing pattern)"
+    )
+    drifted = tx[tx["event_timestamp"] >= drift_start].reset_index(drop=True)
+    return RawData(data.customers, data.merchants, drifted)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """What a process the demo starts (the service, a worker) needs to use the demo's stores."""
+    env = {
+        "RTML_HOME": str(settings.home),
+        "RTML_FEAST_REPO_PATH": str(settings.feast_repo_path),
+        "RTML_ONLINE_STORE": settings.online_store,
+        "RTML_REDIS_URL": settings.redis_url,
+        "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "BENTOML_HOME": str(settings.bentoml_home),
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("RTML_")})
+    return env
+
+
+@contextmanager
+def prefect_api(settings: Settings) -> Iterator[tuple[str, Path]]:
+    """The Prefect API the flows report to: ``PREFECT_API_URL`` if set, else a local server; deployments applied."""
+    home = settings.home / "prefect"
+    if api := os.environ.get("PREFECT_API_URL"):
+        say(f"Prefect: {api}")
+        local_platform.deploy_all(api, home)
+        yield api, home
+        return
+    # The demo's story runs on events: cron schedules would start runs the story did not ask for.
+    with local_platform.prefect_server(home, scheduler=False) as api:
+        say(f"Prefect server: {api.removesuffix('/api')} (logs {home / 'server.log'})")
+        local_platform.deploy_all(api, home)
+        say("deployed every flow of prefect.yaml to the work pool 'local-process'")
+        os.environ["PREFECT_API_URL"] = api
+        try:
+            yield api, home
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+def replay_traffic(url: str, transactions: pd.DataFrame, one_by_one: int) -> dict[str, Any]:
+    """Send transactions to the service: the first ``one_by_one`` one request at a time, the rest in batches."""
+    rows = transactions.assign(timestamp=transactions["event_timestamp"].map(pd.Timestamp.isoformat))
+    fields = ["transaction_id", "customer_id", "merchant_id", "amount", "timestamp", "channel"]
+    records = rows[fields].to_dict("records")
+    latencies, batch_ms, decisions = [], [], []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for record in records[:one_by_one]:
+            started = time.perf_counter()
+            response = client.post("/score", json=record)
+            latencies.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            decisions.append(response.json()["decision"])
+        for start in range(one_by_one, len(records), 1000):
+            started = time.perf_counter()
+            response = client.post("/score_batch", json={"transactions": records[start : start + 1000]})
+            batch_ms.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            decisions.extend(r["decision"] for r in response.json()["results"])
+    return {
+        "latencies_ms": latencies,
+        "batch_ms": batch_ms,
+        "declined": sum(1 for d in decisions if d == "decline"),
+    }
+
+
+def stream_drifted_period(settings: Settings, url: str, drifted: RawData, size: DemoSize) -> dict[str, Any]:
+    """Score the drifted period in slices of a few days; after each, the slice lands as a raw batch and the
+    feature pipeline runs (the hourly deployment's job, compressed), so online features stay fresh."""
+    from flows.feature_pipeline import feature_pipeline
+
+    tx = drifted.transactions
+    slice_length = pd.Timedelta(days=-(-size.drift_days // STREAM_SLICES))
+    starts = (tx["event_timestamp"] - tx["event_timestamp"].min()) // slice_length
+    slices = [rows for _, rows in tx.groupby(starts, sort=True)]
+    per_slice = max(1, size.scored_one_by_one // len(slices))
+    results = []
+    for number, rows in enumerate(slices, start=1):
+        results.append(replay_traffic(url, rows, per_slice))
+        write_raw_data(
+            RawData(drifted.customers, drifted.merchants, rows), settings.raw_dir, f"batch_{number + 1:04d}"
+        )
+        ingested = feature_pipeline()["transactions"]
+        say(f"slice {number}/{len(slices)}: scored {len(rows):,} transactions, then ingested {ingested:,}")
+    latencies = sorted(ms for r in results for ms in r["latencies_ms"])
+    batches = [ms for r in results for ms in r["batch_ms"]]
+    return {
+        "requests": len(tx),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
+        "batch_1000_ms": statistics.median(batches) if batches else float("nan"),
+        "declined": sum(r["declined"] for r in results),
+    }
+
+
+def wait_for_traffic_log(settings: Settings, transactions: pd.DataFrame, timeout: float = 90) -> int:
+    """Wait until the service's background traffic log has written a prediction for every request sent."""
+    from model_store.profiles import ProfileStore
+
+    store = ProfileStore(settings.profile_store, settings.model_name)
+    start = transactions["event_timestamp"].min().floor("h").to_pydatetime()
+    end = (transactions["event_timestamp"].max().floor("h") + pd.Timedelta("1h")).to_pydatetime()
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = len(store.read_predictions(start, end))
+        if logged >= len(transactions) or time.monotonic() > deadline:
+            return logged
+        time.sleep(1)
+
+
+def triggered_training_runs(api: str, since: pd.Timestamp, timeout: float = 60) -> list[str]:
+    """Training flow runs automations created after ``since`` (not scheduled ones), once the first appears.
+
+    Alerts firing together each trigger a run; the deployment's concurrency limit cancels all but one.
+    """
+    deadline, settle = time.monotonic() + timeout, None
+    found: list[str] = []
+    while time.monotonic() < deadline and (settle is None or time.monotonic() < settle):
+        runs = httpx.post(
+            f"{api}/flow_runs/filter",
+            json={"deployments": {"name": {"any_": [TRAINING_DEPLOYMENT.split("/")[1]]}}, "limit": 50},
+            timeout=30,
+        ).json()
+        found = [r["id"] for r in runs if not r["auto_scheduled"] and pd.Timestamp(r["created"]) >= since]
+        if found and settle is None:
+            settle = time.monotonic() + 5
+        time.sleep(1)
+    return found
+
+
+def set_deployment_parameters(api: str, name: str, parameters: dict[str, Any]) -> None:
+    """Give a deployment the demo's sizes (a platform keeps prefect.yaml's defaults)."""
+    flow_name, deployment_name = name.split("/")
+    deployment = httpx.get(f"{api}/deployments/name/{flow_name}/{deployment_name}", timeout=30).json()
+    httpx.patch(
+        f"{api}/deployments/{deployment['id']}", json={"parameters": parameters}, timeout=30
+    ).raise_for_status()
+
+
+def training_parameters(size: DemoSize) -> dict[str, Any]:
+    return {"n_trials": size.trials, "tuning_minutes": size.tuning_minutes}
+
+
+def run_training(size: DemoSize) -> dict[str, Any]:
+    from flows.training.params import TrainingParams
+    from flows.training_pipeline import training_pipeline
+
+    return training_pipeline(TrainingParams(**training_parameters(size)))
+
+
+def describe_training(result: dict[str, Any]) -> None:
+    say(
+        f"CatBoost v{result['model_version']}: ROC-AUC {result.get('model.roc_auc', float('nan')):.4f}"
+        f" (oracle {result.get('oracle.roc_auc', float('nan')):.4f}), PR-AUC {result.get('model.pr_auc', float('nan')):.4f}"
+        f" (baseline {result.get('baseline.pr_auc', float('nan')):.4f}, oracle {result.get('oracle.pr_auc', float('nan')):.4f})"
+    )
+    verdict = "promoted to champion" if result["promoted"] else "stays challenger"
+    say(f"promotion gate: {verdict}: {'; '.join(result['reasons'])}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    size = SMALL if os.environ.get("DEMO_SMALL") == "1" else FULL
+    started = time.perf_counter()
+    settings = get_settings()
+    print(f"Demo on {size.name} data; state in {settings.home}")
+    start_fresh(settings)
+    summary: dict[str, Any] = {}
+
+    with ExitStack() as stack:
+        step(1, "Generate data, validate it and materialize features")
+        settings = ensure_online_store(settings)
+        api, prefect_home = stack.enter_context(prefect_api(settings))
+        set_deployment_parameters(api, TRAINING_DEPLOYMENT, {"params": training_parameters(size)})
+        drifted = generate_demo_data(settings, size)
+        from flows.feature_pipeline import feature_pipeline
+
+        summary["features"] = feature_pipeline()
+        say(f"feature pipeline: {summary['features']}")
+
+        step(2, "Train, track, register and promote the first champion")
+        first = run_training(size)
+        describe_training(first)
+        summary["first"] = first
+
+        step(3, "Build the bento and start the service")
+        from flows.build_service import build_service
+
+        bento = build_service()
+        say(f"bento {bento['bento']}")
+        env = settings_env(settings)
+        url = stack.enter_context(
+            local_platform.bento_service(bento["bento"], env, settings.home / "service.log")
+        )
+        say(f"service ready at {url} (logs {settings.home / 'service.log'})")
+
+        step(4, f"Stream {len(drifted.transactions):,} transactions of the drifted period to the service")
+        summary["traffic"] = stream_drifted_period(settings, url, drifted, size)
+        t = summary["traffic"]
+        say(
+            f"/score one at a time: p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms; /score_batch of 1,000:"
+            f" {t['batch_1000_ms']:.0f} ms; {t['declined']:,} of {t['requests']:,} declined"
+        )
+        logged = wait_for_traffic_log(settings, drifted.transactions)
+        say(f"traffic log: {logged:,} predictions and their whylogs profiles written off the request path")
+
+        step(5, "Drift report over the drifted period")
+        from flows.drift_report import DriftReportParams, drift_report
+
+        reported_at = pd.Timestamp.now(tz="UTC")
+        report = drift_report(DriftReportParams(window_hours=size.drift_days * 24 + 1))
+        summary["drift"] = report
+        say(f"{report['status']}: {report['message']}")
+        say(f"report: {report['report']['html']}")
+
+        step(6, "Retrain on the new data; the promotion gate decides")
+        run_ids = triggered_training_runs(api, reported_at)
+        if not run_ids:
+            say("no training run was triggered (no drift past the thresholds): nothing to retrain")
+        else:
+            say(f"the alerts started {len(run_ids)} training run(s); a worker picks them up")
+            with local_platform.prefect_worker(api, prefect_home, settings_env(settings)):
+                runs = [local_platform.wait_for_flow_run(api, run_id, timeout=1800) for run_id in run_ids]
+            summary["retraining"] = [{"name": r["name"], "state": r["state_name"]} for r in runs]
+            for run in runs:
+                say(f"training run {run['name']}: {run['state_name']}")
+            say(f"worker log: {prefect_home / 'worker.log'}")
+        from model_store.registry import describe
+
+        summary["registry"] = describe()
+        for line in summary["registry"]:
+            say(line)
+
+        step(7, "Summary")
+        summary["seconds"] = time.perf_counter() - started
+        summary["bento"] = bento["bento"]
+        print_summary(settings, summary, api, url, summary["seconds"])
+        # For machines (the end-to-end test, CI): every step's result.
+        (settings.home / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print("\nStopped the service and the Prefect server the demo started.")
+
+
+def print_summary(settings: Settings, summary: dict[str, Any], api: str, url: str, seconds: float) -> None:
+    """What the demo showed, where to look, and how to go on."""
+    first, traffic, drift = summary["first"], summary["traffic"], summary["drift"]
+    say(
+        f"data: {summary['features']['transactions']:,} transactions before the drift, {traffic['requests']:,} after"
+    )
+    say(
+        f"model v{first['model_version']}: ROC-AUC {first.get('model.roc_auc', 0):.4f} vs oracle"
+        f" {first.get('oracle.roc_auc', 0):.4f}; PR-AUC {first.get('model.pr_auc', 0):.4f} vs oracle"
+        f" {first.get('oracle.pr_auc', 0):.4f}"
+    )
+    say(f"serving: p50 {traffic['p50_ms']:.2f} ms, p99 {traffic['p99_ms']:.2f} ms one request at a time")
+    say(f"drift verdict: {drift['status']}: {drift['message']}")
+    say(f"reports: {settings.report_store}")
+    say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    say("Prefect UI: .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
+    say(
+        "call the service: .venv/bin/bentoml serve services.scorer.service:OnlineScorer, then curl -X POST"
+        ' localhost:3000/score -H \'content-type: application/json\' -d \'{"transaction_id": "t1",'
+        ' "customer_id": 1, "merchant_id": 1, "amount": 42.0, "timestamp": "2026-01-01T12:00:00Z",'
+        ' "channel": "online"}\''
+    )
+    say(f"whole lifecycle in {seconds / 60:.1f} minutes")
+
+
+if __name__ == "__main__":
+    main()

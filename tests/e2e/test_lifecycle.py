@@ -1,0 +1,115 @@
+"""The whole lifecycle, as `DEMO_SMALL=1 make demo` runs it, in a fresh home: each step's result is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from flows.local_platform import clean_env
+from model_store.settings import REPO_ROOT
+from tests.conftest import REDIS_URL, delete_project_keys, unique_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    home: Path
+    summary: dict
+    out: str
+    redis_keys: int
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    home = tmp_path_factory.mktemp("demo") / "rtml"
+    project = unique_project("demo")
+    env = clean_env(
+        DEMO_SMALL="1",
+        RTML_HOME=str(home),
+        RTML_FEAST_PROJECT=project,
+        RTML_REDIS_URL=REDIS_URL,
+        PYTHONPATH=str(REPO_ROOT),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+        WHYLOGS_NO_ANALYTICS="1",
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.demo"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1100,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, f"demo failed:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+        summary = json.loads((home / "demo_summary.json").read_text())
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = sum(1 for _ in client.scan_iter(match=f"*{project}", count=1000))
+        client.close()
+        yield DemoRun(home, summary, done.stdout, keys)
+    finally:
+        delete_project_keys(project)
+
+
+def test_step1_features_are_validated_and_materialized(demo: DemoRun) -> None:
+    features = demo.summary["features"]
+    assert features["transactions"] > 10_000
+    assert features["customer_profile"] > 0 and features["merchant_profile"] > 0
+    # One Redis hash per customer and per merchant of the demo's project.
+    assert demo.redis_keys == features["customer_profile"] + features["merchant_profile"]
+    assert any((demo.home / "data" / "offline" / "customer_activity").rglob("*.parquet"))
+
+
+def test_step2_first_champion_is_trained_and_promoted(demo: DemoRun) -> None:
+    first = demo.summary["first"]
+    assert first["model_version"] == "1" and first["promoted"] is True
+    assert 0.5 < first["model.roc_auc"] <= first["oracle.roc_auc"] + 0.02
+    assert first["model.pr_auc"] > first["baseline.pr_auc"] * 0.9
+
+
+def test_step3_and_4_the_built_service_scored_the_stream(demo: DemoRun) -> None:
+    assert demo.summary["bento"].startswith("fraud_scorer:")
+    assert (demo.home / "bentoml" / "bentos" / "fraud_scorer").is_dir()
+    traffic = demo.summary["traffic"]
+    assert traffic["requests"] > 1_000 and traffic["p50_ms"] > 0
+    predictions = pd.concat(pd.read_parquet(p) for p in (demo.home / "profiles").rglob("*.parquet"))
+    # Every request was logged exactly once by the service's background traffic log.
+    assert predictions["transaction_id"].is_unique and len(predictions) == traffic["requests"]
+
+
+def test_step5_drift_is_detected_and_reported(demo: DemoRun) -> None:
+    drift = demo.summary["drift"]
+    assert drift["status"] == "drift"
+    html = Path(drift["report"]["html"])
+    assert html.is_file() and html.is_relative_to(demo.home)
+    text = html.read_text()
+    assert "channel" in text and "<script src=" not in text
+
+
+def test_step6_the_alert_retrained_and_the_gate_decided(demo: DemoRun) -> None:
+    states = [run["state"] for run in demo.summary["retraining"]]
+    assert states.count("Completed") == 1, states
+    versions = {line.split("\t")[0]: line.split("\t") for line in demo.summary["registry"]}
+    assert set(versions) == {"v1", "v2"}
+    # The gate's verdict and its reason are recorded on the new version, promoted or not.
+    _, _, verdict, reason = versions["v2"]
+    assert verdict in {"promoted", "rejected"} and reason
+
+
+def test_step7_summary_tells_where_to_look(demo: DemoRun) -> None:
+    assert "MLflow UI" in demo.out and "Prefect UI" in demo.out and str(demo.home / "reports") in demo.out
+    assert "Stopped the service and the Prefect server" in demo.out
+    # Nothing the demo started is left running.
+    leftovers = subprocess.run(["pgrep", "-f", str(demo.home)], capture_output=True, text=True).stdout.split()
+    assert [pid for pid in leftovers if int(pid) != os.getpid()] == []

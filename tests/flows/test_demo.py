@@ -1,0 +1,36 @@
+"""The demo's bootstrap: Redis when it answers, otherwise Feast's embedded SQLite store, said loudly."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from flows.demo import ensure_online_store
+from model_store.settings import Settings, get_settings
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_uses_redis_when_it_answers(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ensure_online_store(settings).online_store == "redis"
+    assert "online store: Redis" in capsys.readouterr().out
+
+
+def test_falls_back_to_sqlite_and_says_so(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RTML_REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
+    # setenv records the variable's absence, so teardown removes what the demo exports (delenv of an
+    # absent variable records nothing, and the demo's sqlite choice would leak into every later test).
+    monkeypatch.setenv("RTML_ONLINE_STORE", "redis")
+    get_settings.cache_clear()
+    chosen = ensure_online_store(get_settings())
+    assert chosen.online_store == "sqlite"
+    assert chosen.feast_yaml.name == "feature_store_sqlite.yaml"
+    out = capsys.readouterr().out
+    assert "falling back to Feast's embedded SQLite online store" in out
