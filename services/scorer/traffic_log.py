@@ -19,9 +19,11 @@ counted) so memory stays bounded. A writer process that dies is replaced; rows n
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -190,6 +192,12 @@ def run_writer_process(
     )
     # Profiling yields to serving: on a busy machine the writer catches up when requests leave CPU to spare.
     os.nice(WRITER_NICENESS)
+    # The server's shutdown signals reach this child too (BentoML's arbiter signals a worker's children, a
+    # terminal's Ctrl-C the whole group); dying on them lost the rows shipped here before the worker's
+    # shutdown hook could send "stop". The writer ends on "stop", or on EOF when the serving process is gone
+    # (``TrafficLog`` closes its end at exit, so multiprocessing's exit-time join never waits on us).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import whylogs  # noqa: F401  (1-2 s, paid at start rather than at the first write)
 
     writer = WindowWriter(store, flush_rows, flush_seconds, max_rows)
@@ -275,6 +283,8 @@ class TrafficLog:
         """Start the writer process (if any) and the shipping thread (idempotent)."""
         if self.writer_process:
             self._ensure_process()
+            atexit.unregister(self._release_writer)
+            atexit.register(self._release_writer)
         if self._thread is None or not self._thread.is_alive():
             self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="traffic-log", daemon=True)
@@ -296,6 +306,12 @@ class TrafficLog:
         self._process.start()
         theirs.close()
         self._connection = ours
+
+    def _release_writer(self) -> None:
+        """At exit without ``close()``: closing our end lets the writer write what it holds and leave."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _forget_process(self) -> None:
         """Drop a writer whose pipe broke; the next shipment starts a new one."""

@@ -175,3 +175,27 @@ def test_a_dead_writer_process_is_replaced_without_losing_queued_rows(tmp_path: 
     log.close()
     logged = store.read_predictions(T0, T0 + timedelta(hours=1))
     assert sorted(logged["transaction_id"]) == sorted(f"t{i}" for i in range(18))
+
+
+def test_the_servers_stop_signal_to_the_writer_loses_no_shipped_rows(tmp_path: Path) -> None:
+    """BentoML's arbiter sends its stop signal to a worker's children too, before the worker's shutdown hook."""
+    import os
+    import signal
+
+    store = ProfileStore(tmp_path, "m")
+    log = TrafficLog(store, FEATURES, model_input, ship_seconds=3600, flush_seconds=3600, writer_process=True)
+    log.start()
+    log.record(batch(0, 2, T0))
+    assert log.flush() == 2  # the writer is up and in its loop
+    log.record(batch(2, 10, T0))
+    assert log.ship() == 10  # in the writer, not yet written
+    writer = log._process
+    assert writer is not None and writer.pid is not None
+    os.kill(writer.pid, signal.SIGTERM)
+    os.kill(writer.pid, signal.SIGINT)
+    log.record(batch(12, 3, T0))
+    log.close()
+    assert log._process is None
+    assert writer.exitcode == 0  # it left on "stop", not on the signals
+    logged = store.read_predictions(T0, T0 + timedelta(hours=1))
+    assert sorted(logged["transaction_id"]) == sorted(f"t{i}" for i in range(15))
