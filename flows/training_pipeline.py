@@ -57,6 +57,7 @@ def build_dataset(settings: Settings, store: Any, params: TrainingParams) -> Tra
         negative_sample_rate=params.negative_sample_rate,
         seed=params.seed,
         label_maturity_days=params.label_maturity_days,
+        burn_in_days=params.burn_in_days,
     )
     tracking.log_training_set(data, store, source=str(settings.offline_dir))
     tracking.log_seconds("dataset", started)

@@ -24,6 +24,11 @@ class TrainingParams(BaseModel):
         ge=0,
         description="Leave out transactions younger than this at the cut-off (fraud labels arrive late).",
     )
+    burn_in_days: float = Field(
+        7.0,
+        ge=0,
+        description="Leave out the history's first days: windowed features (up to 7 days) are cut short there.",
+    )
     validation_fraction: float = Field(
         0.15, gt=0, lt=1, description="Share of rows, by time, for validation."
     )

@@ -13,6 +13,7 @@ import pytest
 from flows.offline_store import write_partitions
 from flows.training.dataset import (
     build_training_set,
+    drop_burn_in,
     entity_frame,
     open_feature_store,
     read_feature_spec,
@@ -199,6 +200,17 @@ def test_labels_after_the_cutoff_are_left_out(tmp_path: Path) -> None:
     assert mature["transaction_id"].tolist() == ["t0", "t1"]
     with pytest.raises(FileNotFoundError, match="run the feature pipeline first"):
         read_labeled_transactions(tmp_path / "missing")
+
+
+def test_burn_in_leaves_out_the_first_days_of_history_and_says_when_nothing_is_left() -> None:
+    times = pd.date_range("2026-01-01", periods=10 * 24, freq="h", tz="UTC")
+    frame = pd.DataFrame({"event_timestamp": times, "is_fraud": 0})
+    kept = drop_burn_in(frame, 7)
+    assert kept["event_timestamp"].min() == times[0] + pd.Timedelta(days=7)
+    assert len(kept) == 3 * 24
+    assert drop_burn_in(frame, 0) is frame
+    with pytest.raises(ValueError, match="burn_in_days=11 leaves no labeled transaction"):
+        drop_burn_in(frame, 11)
 
 
 def test_split_is_by_time_and_refuses_a_split_without_both_classes() -> None:
