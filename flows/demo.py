@@ -63,8 +63,12 @@ SMALL = DemoSize(
 )
 
 
+DEMO_STARTED = time.monotonic()
+
+
 def step(number: int, title: str) -> None:
-    print(f"\n==> [{number}/7] {title}", flush=True)
+    elapsed = int(time.monotonic() - DEMO_STARTED)
+    print(f"\n==> [{number}/7] {title}   [{elapsed // 60}:{elapsed % 60:02d} elapsed]", flush=True)
 
 
 def say(text: str) -> None:
