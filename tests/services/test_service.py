@@ -247,3 +247,10 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(served_env:
     assert batch_sizes[0] == 1  # the first request did not wait for company
     assert max(batch_sizes) == 16 and sum(batch_sizes) == 40 and len(batch_sizes) < 10
     assert together[5][0]["unknown_entities"] == ["customer"]
+
+
+def test_scoring_endpoints_skip_tracing_unless_configured() -> None:
+    from services.scorer.service import OnlineScorer
+
+    # Spans cost a quarter of a worker at 32 connections with no exporter (docs/deployment.md).
+    assert {"/score", "/score_batch"} <= set(OnlineScorer.config["tracing"]["excluded_urls"])
