@@ -3,18 +3,20 @@
 Feast's ``materialize`` converts every value from Arrow to protobuf and hashes every field name per value
 (8-14k rows/s here). This writer keeps Feast's layout exactly (its entity-key serialization, its murmur3
 field names, its ``ValueProto`` values and ``_ts`` timestamps, all through Feast's functions) but converts
-each column once per distinct value, hashes each field name once per view, and pipelines the writes. Other
-online stores go through ``FeatureStore.write_to_online_store``. Either way the run is recorded in Feast's
-registry as a materialization interval, as ``feast materialize`` does.
+each column once per distinct value, hashes each field name once per view, and pipelines the writes
+(packed by hiredis, replies read off the connection). Other online stores go through
+``FeatureStore.write_to_online_store``. Either way the run is recorded in Feast's registry as a
+materialization interval, as ``feast materialize`` does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import hiredis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -166,20 +168,50 @@ def _write_redis(store: FeatureStore, fv: FeatureView, latest: pd.DataFrame, joi
 
     ttl = config.online_store.key_ttl_seconds
     columns = [values[name] for name, _ in features]
-    written = 0
-    with client.pipeline(transaction=False) as pipe:
-        for i in np.flatnonzero(newer):
+    rows = np.flatnonzero(newer)
+
+    def commands() -> Iterator[tuple]:
+        for i in rows:
             fields = [ts_field, timestamps[i]]
             for field_name, column in zip(field_names, columns, strict=True):
                 fields += (field_name, column[i])
-            pipe.execute_command("HSET", redis_keys[i], *fields)
+            yield ("HSET", redis_keys[i], *fields)
             if ttl:
-                pipe.expire(redis_keys[i], ttl)
-            written += 1
-            if written % PIPELINE_ROWS == 0:
-                pipe.execute()
-        pipe.execute()
-    return written
+                yield ("EXPIRE", redis_keys[i], ttl)
+
+    _send_pipelined(client, commands())
+    return len(rows)
+
+
+def _send_pipelined(client, commands: Iterable[tuple]) -> None:
+    """Send commands in pipelined chunks on one of the client's pooled connections, checking every reply.
+
+    hiredis packs each command; replies are read straight off the connection. redis-py's pipeline object
+    adds per-command bookkeeping and response callbacks that cost a third of the write (35k rows/s through
+    it against 51k this way, measured here for 113k 13-field hashes).
+    """
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        chunk: list[bytes] = []
+        for command in commands:
+            chunk.append(hiredis.pack_command(command))
+            if len(chunk) == PIPELINE_ROWS:
+                _send_chunk(connection, chunk)
+                chunk = []
+        if chunk:
+            _send_chunk(connection, chunk)
+    except BaseException:
+        connection.disconnect()  # replies may be left unread: the pool must not reuse it in that state
+        raise
+    finally:
+        pool.release(connection)
+
+
+def _send_chunk(connection, packed: list[bytes]) -> None:
+    connection.send_packed_command(packed)
+    for _ in packed:
+        connection.read_response()  # raises Redis's error (wrong type, OOM) for a failed command
 
 
 def _timestamp_bytes(ts: pd.Series) -> list[bytes]:

@@ -108,3 +108,28 @@ def test_late_rows_never_overwrite_fresher_values(applied: Settings) -> None:
         store, {"customer_activity": newer}, end=(NOW + pd.Timedelta(days=2)).to_pydatetime()
     )
     assert results[0].entities_written == newer["customer_id"].nunique()
+
+
+def test_a_failed_write_raises_redis_error_and_the_next_write_succeeds(applied: Settings) -> None:
+    store = applied.feature_store()
+    client = redis.Redis.from_url(applied.redis_url)
+    materialize_frames(store, {"customer_profile": _profile()}, end=NOW.to_pydatetime())
+    (key, *_) = _snapshot(client, applied.feast_project)
+    full_key = key + applied.feast_project.encode()
+    client.delete(full_key)
+    client.set(full_key, b"not a hash")  # HSET on it fails with WRONGTYPE mid-pipeline
+
+    # Newer than the last materialized end, so the stored-timestamp read is skipped and the write itself fails.
+    later = _profile()
+    later["event_timestamp"] = NOW + pd.Timedelta(hours=1)
+    end = (NOW + pd.Timedelta(hours=1)).to_pydatetime()
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        materialize_frames(store, {"customer_profile": later}, end=end)
+    assert client.ping()
+
+    client.delete(full_key)
+    results = materialize_frames(store, {"customer_profile": later}, end=end)
+    assert results[0].entities_written == 40
+    snapshot = _snapshot(client, applied.feast_project)
+    assert len(snapshot) == 40
+    assert len({fields[b"_ts:customer_profile"] for fields in snapshot.values()}) == 1
