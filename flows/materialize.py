@@ -20,6 +20,7 @@ import hiredis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import redis
 from feast import FeatureStore, FeatureView, ValueType
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -190,6 +191,15 @@ def _send_pipelined(client, commands: Iterable[tuple]) -> None:
     adds per-command bookkeeping and response callbacks that cost a third of the write (35k rows/s through
     it against 51k this way, measured here for 113k 13-field hashes).
     """
+    if not isinstance(client, redis.Redis):
+        # Redis Cluster: its pipeline routes each command to the node that owns the key's slot.
+        with client.pipeline(transaction=False) as pipe:
+            for sent, command in enumerate(commands, start=1):
+                pipe.execute_command(*command)
+                if sent % PIPELINE_ROWS == 0:
+                    pipe.execute()
+            pipe.execute()
+        return
     pool = client.connection_pool
     connection = pool.get_connection()
     try:

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import redis
 
-from flows.materialize import latest_per_entity, materialize_frames
+from flows.materialize import PIPELINE_ROWS, _send_pipelined, latest_per_entity, materialize_frames
 from model_store.settings import Settings
+from tests.services.conftest import RedisServer
 
 NOW = pd.Timestamp("2026-06-01 12:00", tz="UTC")
 
@@ -133,3 +134,22 @@ def test_a_failed_write_raises_redis_error_and_the_next_write_succeeds(applied: 
     snapshot = _snapshot(client, applied.feast_project)
     assert len(snapshot) == 40
     assert len({fields[b"_ts:customer_profile"] for fields in snapshot.values()}) == 1
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_pipelined_writes_reach_standalone_and_cluster_redis(tmp_path: Path, cluster: bool) -> None:
+    server = RedisServer(tmp_path, cluster=cluster)
+    server.start()
+    try:
+        client = (
+            redis.RedisCluster(host="127.0.0.1", port=server.port)
+            if cluster
+            else redis.Redis(port=server.port)
+        )
+        n = PIPELINE_ROWS + 7  # more than one chunk
+        _send_pipelined(client, (("HSET", f"entity:{i}", "f", i) for i in range(n)))
+        assert client.dbsize() == n
+        assert client.hget(f"entity:{n - 1}", "f") == str(n - 1).encode()
+        client.close()
+    finally:
+        server.stop()

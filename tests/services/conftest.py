@@ -97,9 +97,10 @@ def served_settings(served_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
 class RedisServer:
     """A redis-server of our own on a free port, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cluster: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,8 +111,11 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            args,
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -125,6 +129,12 @@ class RedisServer:
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+        if self.cluster:  # a one-node cluster owning every slot
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis cluster on port {self.port} did not become ready")
                 time.sleep(0.05)
         client.close()
 
