@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -55,22 +56,19 @@ class Transaction(BaseModel):
     )
     channel: Literal["chip", "contactless", "online"]
 
-    @field_validator("timestamp", mode="before")
+    @field_validator("timestamp", mode="wrap")
     @classmethod
-    def _iso_text(cls, value: Any) -> Any:
+    def _plausible_iso_time(cls, value: Any, parse: ValidatorFunctionWrapHandler) -> datetime:
+        # One validator for both checks: each Python validator costs about 1.5 ms per 1,000-row batch.
         # Epoch numbers are ambiguous (seconds? milliseconds?): only ISO 8601 text is accepted.
         if not isinstance(value, str | datetime):
             raise ValueError("must be an ISO 8601 date-time string with a time zone")
-        return value
-
-    @field_validator("timestamp")
-    @classmethod
-    def _plausible(cls, value: datetime) -> datetime:
-        if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        parsed = parse(value)
+        if parsed > datetime.now(UTC) + MAX_CLOCK_SKEW:
             raise ValueError(f"is more than {MAX_CLOCK_SKEW} in the future")
-        if value < EARLIEST:
+        if parsed < EARLIEST:
             raise ValueError(f"is before {EARLIEST:%Y-%m-%d}")
-        return value
+        return parsed
 
 
 class TransactionBatch(BaseModel):

@@ -15,6 +15,7 @@ from services.scorer.online_features import (
     OnlineStoreUnavailable,
     RedisFeatureReader,
     SdkFeatureReader,
+    _column_decoder,
     open_feature_reader,
 )
 from tests.services.conftest import RedisServer, copy_entity_hashes, install_env, known_ids
@@ -99,6 +100,35 @@ def partial_store(
     client.close()
     ids.update(one_gap=one_gap, no_profile=no_profile, profile_only=profile_only)
     return settings, ids
+
+
+def test_column_decoders_agree_with_feasts_own_decoding_value_by_value() -> None:
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.type_map import feast_value_type_to_python_type
+    from feast.value_type import ValueType
+
+    cases = {
+        ValueType.DOUBLE: [Value(double_val=v) for v in (1.25, -0.0, 0.0, 1e300, float("nan"))],
+        ValueType.FLOAT: [Value(float_val=v) for v in (0.1, 3.5)],
+        ValueType.INT64: [Value(int64_val=v) for v in (0, 7, 7, -3, 2**40)],
+        ValueType.STRING: [Value(string_val=v) for v in ("north", "", "north")],
+        ValueType.BOOL: [Value(bool_val=v) for v in (True, False, True)],
+    }
+    for value_type, protos in cases.items():
+        raws = [p.SerializeToString() for p in protos]
+        decode = _column_decoder(value_type)
+        # Short columns, and long ones (from BUFFER_MIN_VALUES on, doubles decode as one buffer).
+        for column in (raws, [None, *raws, b"", *raws], [None, b""], [None, *raws] * 20, [b"", None] * 20):
+            expected = [
+                feast_value_type_to_python_type(Value.FromString(r), value_type) if r else None
+                for r in column
+            ]
+            # repr: NaN is not equal to itself; -0.0 must stay -0.0
+            assert repr(decode(column)) == repr(expected), value_type
+    # A value in another layout (an integer left in a view whose type became a double) takes the general path.
+    mixed = [Value(double_val=2.5).SerializeToString(), Value(int64_val=5).SerializeToString()]
+    expected = [feast_value_type_to_python_type(Value.FromString(r), ValueType.DOUBLE) for r in mixed]
+    assert _column_decoder(ValueType.DOUBLE)(mixed) == expected
 
 
 def test_reader_matches_feast_for_known_unknown_and_partial_entities(
@@ -209,6 +239,14 @@ def test_redis_down_is_unavailable_then_recovers_without_a_new_reader(
         assert await reader.ping()
         after = await reader.read(rows, [time.time()])
         assert after.columns == before.columns
+        # Restarted between two reads: the pooled connection is dead, the read reconnects by itself.
+        private_redis.stop()
+        private_redis.start()
+        copy_entity_hashes(
+            shared, private_redis.url, {"customer_id": customers[:1], "merchant_id": merchants[:1]}
+        )
+        again = await reader.read(rows, [time.time()])
+        assert again.columns == before.columns
         await reader.close()
 
     asyncio.run(scenario())
