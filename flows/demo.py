@@ -143,6 +143,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RTML_REDIS_URL": settings.redis_url,
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "BENTOML_HOME": str(settings.bentoml_home),
+        # The drift report reads the traffic log right after the stream: a service would wait 30 s to write it.
+        "RTML_TRAFFIC_FLUSH_SECONDS": "2",
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("RTML_")})
     return env
@@ -342,6 +344,10 @@ def main() -> None:
         say(f"traffic log: {logged:,} predictions and their whylogs profiles written off the request path")
 
         step(5, "Drift report over the drifted period")
+        # The worker that runs the retraining the report triggers starts now and warms up while the report runs.
+        worker_ready = stack.enter_context(
+            local_platform.prefect_worker(api, prefect_home, settings_env(settings), wait=False)
+        )
         from flows.drift_report import DriftReportParams, drift_report
 
         reported_at = pd.Timestamp.now(tz="UTC")
@@ -355,9 +361,9 @@ def main() -> None:
         if not run_ids:
             say("no training run was triggered (no drift past the thresholds): nothing to retrain")
         else:
-            say(f"the alerts started {len(run_ids)} training run(s); a worker picks them up")
-            with local_platform.prefect_worker(api, prefect_home, settings_env(settings)):
-                runs = [local_platform.wait_for_flow_run(api, run_id, timeout=1800) for run_id in run_ids]
+            say(f"the alerts started {len(run_ids)} training run(s); the worker picks them up")
+            worker_ready()
+            runs = [local_platform.wait_for_flow_run(api, run_id, timeout=1800) for run_id in run_ids]
             summary["retraining"] = [{"name": r["name"], "state": r["state_name"]} for r in runs]
             for run in runs:
                 say(f"training run {run['name']}: {run['state_name']}")

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,9 +46,18 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def running(
-    command: list[str], env: dict[str, str], log_path: Path, health_url: str, timeout: float
-) -> Iterator[None]:
-    """Run ``command`` in its own process group until the block ends; healthy means ``health_url`` answers 200."""
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    health_url: str,
+    timeout: float,
+    wait: bool = True,
+) -> Iterator[Callable[[], None]]:
+    """Run ``command`` in its own process group until the block ends; healthy means ``health_url`` answers 200.
+
+    Yields the wait for health: with ``wait=False`` the block starts at once and calls it when it needs the
+    process, so a slow start overlaps other work.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -61,8 +70,13 @@ def running(
             start_new_session=True,
         )
         try:
-            _wait_healthy(proc, health_url, log_path, timeout)
-            yield
+
+            def healthy() -> None:
+                _wait_healthy(proc, health_url, log_path, timeout)
+
+            if wait:
+                healthy()
+            yield healthy
         finally:
             stop(proc)
 
@@ -134,8 +148,12 @@ def deploy_all(api: str, home: Path) -> None:
 
 
 @contextmanager
-def prefect_worker(api: str, home: Path, env: dict[str, str]) -> Iterator[None]:
-    """``prefect worker start`` on the work pool until the block ends: it runs every flow run that comes due."""
+def prefect_worker(
+    api: str, home: Path, env: dict[str, str], wait: bool = True
+) -> Iterator[Callable[[], None]]:
+    """``prefect worker start`` on the work pool until the block ends: it runs every flow run that comes due.
+
+    Yields the wait for the worker's health check (see ``running``)."""
     command = [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--with-healthcheck"]
     port = free_port()
     worker_env = {
@@ -144,8 +162,9 @@ def prefect_worker(api: str, home: Path, env: dict[str, str]) -> Iterator[None]:
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_WEBSERVER_PORT": str(port),
     }
-    with running(command, worker_env, home / "worker.log", f"http://127.0.0.1:{port}/health", timeout=120):
-        yield
+    health = f"http://127.0.0.1:{port}/health"
+    with running(command, worker_env, home / "worker.log", health, timeout=120, wait=wait) as healthy:
+        yield healthy
 
 
 def wait_for_flow_run(api: str, flow_run_id: str, timeout: float) -> dict:

@@ -183,6 +183,7 @@ class OnlineScorer:
             ProfileStore(settings.profile_store, settings.model_name),
             model.features,
             model.model_input,
+            flush_seconds=settings.traffic_flush_seconds,
             writer_process=True,
         )
         self.scoring = OnlineScoring(reader, model, metrics, traffic_log)
