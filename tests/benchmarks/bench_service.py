@@ -3,9 +3,10 @@
 Run: `.venv/bin/python tests/benchmarks/bench_service.py [--duration 10] [--workers 1] [--py-spy PATH]`
 (make bench runs it). Builds a temporary home with its own Feast project on the configured Redis (synthetic
 features for 20,000 customers and 2,000 merchants, written through Feast), trains a 300-tree CatBoost on the
-feature service's features, serves the real service and the plain path (a `@bentoml.api` endpoint calling
-Feast's `get_online_features` and CatBoost's `predict_proba` on a DataFrame) with `bentoml serve`, and loads
-both with wrk on loopback, cycling through 2,000 different transactions (2 % unknown customers). With
+feature service's features, serves the real service, the plain path (a `@bentoml.api` endpoint calling
+Feast's `get_online_features` and CatBoost's `predict_proba` on a DataFrame) with `bentoml serve`, and the
+machine's HTTP floor (a Starlette endpoint on uvicorn that answers without work), and loads each with wrk on
+loopback, cycling through 2,000 different transactions (2 % unknown customers). With
 `--py-spy`, a py-spy profile of the service worker under 32 connections shows where the time goes.
 Deletes its Redis keys at the end.
 """
@@ -79,6 +80,27 @@ class PlainScorer:
     @bentoml.api
     def score_batch(self, transactions: list[Transaction]) -> list[dict[str, Any]]:
         return self._score(transactions)
+
+
+async def _floor_answer(request: Any) -> Any:
+    from starlette.responses import Response
+
+    await request.body()
+    return Response(b'{"fraud_probability": 0.0}', media_type="application/json")
+
+
+def floor_app() -> Any:
+    """The machine's HTTP floor: Starlette on uvicorn reading the body and answering, with no work at all."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(
+        routes=[
+            Route("/score", _floor_answer, methods=["POST"]),
+            Route("/score_batch", _floor_answer, methods=["POST"]),
+            Route("/readyz", _floor_answer, methods=["GET"]),
+        ]
+    )
 
 
 def free_port() -> int:
@@ -276,17 +298,13 @@ def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str
 
 
 def start_server(target: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    if target.endswith(":floor_app"):
+        command = [str(Path(sys.executable).with_name("uvicorn")), "--factory", "--no-access-log"]
+    else:
+        command = [str(Path(sys.executable).with_name("bentoml")), "serve"]
     with log.open("wb") as sink:
         return subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("bentoml")),
-                "serve",
-                target,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [*command, target, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=sink,
@@ -480,6 +498,7 @@ def main() -> None:
             "batch": write_lua(home / "plain_batch.lua", "/score_batch", batches),
         },
     }
+    scripts["floor"] = scripts["service"]  # the same requests, answered without work
     service_env = dict(env)
     if args.workers:
         service_env["BENTOML_CONFIG_OPTIONS"] = f"services.online_scorer.workers={args.workers}"
@@ -489,6 +508,7 @@ def main() -> None:
         for name, target, server_env in (
             ("service", "services.scorer.service:OnlineScorer", service_env),
             ("plain", "tests.benchmarks.bench_service:PlainScorer", env),
+            ("floor", "tests.benchmarks.bench_service:floor_app", env),
         ):
             port = free_port()
             log = home / f"{name}.log"
@@ -529,6 +549,13 @@ def main() -> None:
             f"{ours['rps']:.0f} req/s (plain {plain['rps']:.0f}, x{ours['rps'] / max(plain['rps'], 1e-9):.1f})   "
             f"errors {ours['socket_errors'] + ours['non_2xx']}   target: {target}"
         )
+    floor = results["floor"]
+    print(
+        "  HTTP floor of this machine (Starlette on uvicorn answering without work): "
+        f"c1 p50 {floor['score_c1']['p50_us'] / 1000:.2f} ms p99 {floor['score_c1']['p99_us'] / 1000:.2f} ms; "
+        f"c32 {floor['score_c32']['rps']:.0f} req/s p99 {floor['score_c32']['p99_us'] / 1000:.2f} ms; "
+        f"1,000-transaction body p50 {floor['batch_1000']['p50_us'] / 1000:.2f} ms"
+    )
     for profile in profiles:
         print("\n" + profile)
     print(f"\nload average at end: {os.getloadavg()}")
