@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_invalid_fraction: float = Field(0.05, ge=0, le=1, description="Share of bad rows that fails a batch.")
     max_batch_size: int = Field(1000, gt=0, description="Largest list /score_batch accepts.")
     api_key: SecretStr | None = Field(None, description="When set, requests must send it as X-API-Key.")
+    traffic_log: bool = Field(
+        True,
+        description="Profile and log every scored row for the drift flows (off only to measure its cost, or where "
+        "another system logs predictions).",
+    )
     traffic_flush_seconds: float = Field(
         30.0,
         gt=0,

@@ -186,19 +186,26 @@ class OnlineScorer:
         reader = open_feature_reader(settings, model.contract.feature_service)
         metrics = scorer_metrics()
         metrics.set_model(model.name, model.version)
-        # whylogs runs in a child process: profiling 10,000 rows holds a GIL for 0.3 s, requests need it.
-        traffic_log = TrafficLog(
-            ProfileStore(settings.profile_store, settings.model_name),
-            model.features,
-            model.model_input,
-            flush_seconds=settings.traffic_flush_seconds,
-            writer_process=True,
-        )
+        traffic_log = None
+        if settings.traffic_log:
+            # whylogs runs in a child process: profiling 10,000 rows holds a GIL for 0.3 s, requests need it.
+            traffic_log = TrafficLog(
+                ProfileStore(settings.profile_store, settings.model_name),
+                model.features,
+                model.model_input,
+                flush_seconds=settings.traffic_flush_seconds,
+                writer_process=True,
+            )
+        else:
+            logger.warning(
+                "traffic log off (RTML_TRAFFIC_LOG=false): the drift flows get no serving profiles"
+            )
         self.scoring = OnlineScoring(reader, model, metrics, traffic_log)
         self.coalescer = CoalescingScorer(self.scoring)
         # Pay CatBoost's first-call costs now rather than on the first request.
         model.predict({name: [None] for name in model.features})
-        traffic_log.start()
+        if traffic_log is not None:
+            traffic_log.start()
         self._interpreter_defaults: tuple[tuple[int, int, int], float] | None = None
 
     @bentoml.on_startup
@@ -211,7 +218,8 @@ class OnlineScorer:
         """Write the buffered traffic log and close connections (BentoML's shutdown hook)."""
         import asyncio
 
-        await asyncio.to_thread(self.scoring.traffic_log.close)
+        if self.scoring.traffic_log is not None:
+            await asyncio.to_thread(self.scoring.traffic_log.close)
         await self.scoring.reader.close()
         if self._interpreter_defaults is not None:
             thresholds, switch_interval = self._interpreter_defaults

@@ -3,11 +3,11 @@
 Run: `.venv/bin/python tests/benchmarks/bench_service.py [--duration 10] [--workers 1] [--py-spy PATH]`
 (make bench runs it). Builds a temporary home with its own Feast project on the configured Redis (synthetic
 features for 20,000 customers and 2,000 merchants, written through Feast), trains a 300-tree CatBoost on the
-feature service's features, serves the real service, the plain path (a `@bentoml.api` endpoint calling
-Feast's `get_online_features` and CatBoost's `predict_proba` on a DataFrame) with `bentoml serve`, and the
-machine's HTTP floor (a Starlette endpoint on uvicorn that answers without work), and loads each with wrk on
-loopback, cycling through 2,000 different transactions (2 % unknown customers). With
-`--py-spy`, a py-spy profile of the service worker under 32 connections shows where the time goes.
+feature service's features, and serves in turn: the real service; the same with its traffic log off (what
+logging costs); the plain path (a `@bentoml.api` endpoint calling Feast's `get_online_features` and CatBoost's
+`predict_proba` on a DataFrame, with `bentoml serve`); and the machine's HTTP floor (a Starlette endpoint on
+uvicorn that answers without work). wrk loads each on loopback, cycling through 2,000 different transactions
+(2 % unknown customers). With `--py-spy`, py-spy profiles of the service worker show where the time goes.
 Deletes its Redis keys at the end.
 """
 
@@ -498,7 +498,7 @@ def main() -> None:
             "batch": write_lua(home / "plain_batch.lua", "/score_batch", batches),
         },
     }
-    scripts["floor"] = scripts["service"]  # the same requests, answered without work
+    scripts["floor"] = scripts["no-log"] = scripts["service"]  # the same requests
     service_env = dict(env)
     if args.workers:
         service_env["BENTOML_CONFIG_OPTIONS"] = f"services.online_scorer.workers={args.workers}"
@@ -507,6 +507,7 @@ def main() -> None:
     try:
         for name, target, server_env in (
             ("service", "services.scorer.service:OnlineScorer", service_env),
+            ("no-log", "services.scorer.service:OnlineScorer", {**service_env, "RTML_TRAFFIC_LOG": "false"}),
             ("plain", "tests.benchmarks.bench_service:PlainScorer", env),
             ("floor", "tests.benchmarks.bench_service:floor_app", env),
         ):
@@ -549,6 +550,14 @@ def main() -> None:
             f"{ours['rps']:.0f} req/s (plain {plain['rps']:.0f}, x{ours['rps'] / max(plain['rps'], 1e-9):.1f})   "
             f"errors {ours['socket_errors'] + ours['non_2xx']}   target: {target}"
         )
+    logged, unlogged = results["service"], results["no-log"]
+    print(
+        "  traffic log's cost (the service against itself with RTML_TRAFFIC_LOG=false): "
+        f"c1 p50 {(logged['score_c1']['p50_us'] - unlogged['score_c1']['p50_us']) / 1000:+.2f} ms "
+        f"p99 {(logged['score_c1']['p99_us'] - unlogged['score_c1']['p99_us']) / 1000:+.2f} ms; "
+        f"c32 {100 * (logged['score_c32']['rps'] / unlogged['score_c32']['rps'] - 1):+.0f} % req/s; "
+        f"batch of 1,000 p50 {(logged['batch_1000']['p50_us'] - unlogged['batch_1000']['p50_us']) / 1000:+.1f} ms"
+    )
     floor = results["floor"]
     print(
         "  HTTP floor of this machine (Starlette on uvicorn answering without work): "

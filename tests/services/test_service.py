@@ -211,6 +211,34 @@ def test_the_service_class_scores_in_process_and_flushes_its_log_on_close(served
         ] == pytest.approx(results[0]["fraud_probability"])
 
 
+def test_with_the_traffic_log_off_the_service_scores_and_logs_nothing(served_env: dict[str, str]) -> None:
+    from services.scorer.service import OnlineScorer
+    from services.scorer.transaction import Transaction
+    from tests.services.conftest import install_env
+
+    with pytest.MonkeyPatch.context() as mp:
+        settings = install_env(served_env, mp, traffic_log="false")
+        customers, merchants = known_ids(settings)
+        service = OnlineScorer()
+        assert service.scoring.traffic_log is None
+        sent = [
+            Transaction.model_validate(
+                transaction(customers[0], merchants[0], 0, transaction_id="unlogged-1")
+            )
+        ]
+
+        async def scenario() -> list[dict[str, Any]]:
+            results = await service.scoring.score(sent)
+            await service.close()
+            return results
+
+        assert asyncio.run(scenario())[0]["transaction_id"] == "unlogged-1"
+        logged = ProfileStore(settings.profile_store, settings.model_name).read_predictions(
+            datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC) + timedelta(hours=1)
+        )
+        assert "unlogged-1" not in set(logged.get("transaction_id", []))
+
+
 def test_concurrent_requests_share_batches_and_get_their_own_answers(served_env: dict[str, str]) -> None:
     from services.scorer.scoring import CoalescingScorer
     from services.scorer.service import OnlineScorer
