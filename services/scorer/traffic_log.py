@@ -1,8 +1,8 @@
 """Every scored row, profiled with whylogs and logged as a prediction, off the request path.
 
-A request only appends references to what it already computed (O(1), no copy). A background thread ships
-the queued rows every ``ship_seconds`` (or once ``ship_rows`` wait) as compact columns (the model's input,
-numbers as numpy arrays) to a ``WindowWriter``. The writer files rows under the hour of each transaction's
+A request only appends its rows to per-column lists (``PendingRows``, a few microseconds). A background thread
+ships them every ``ship_seconds`` (or once ``ship_rows`` wait) as compact columns (the model's input, numbers
+as numpy arrays) to a ``WindowWriter``. The writer files rows under the hour of each transaction's
 event time and, every ``flush_seconds`` or ``flush_rows``, writes per hour one whylogs profile of the model's
 input plus ``score`` (``ProfileStore.write_window``) and one Parquet file of predictions
 (``write_predictions``). Per-request ``why.log`` would cost ~15 ms; 10,000 rows at once cost ~0.3 s.
@@ -64,25 +64,60 @@ class ScoredBatch:
     model_version: str
 
 
-def ship_columns(
-    batches: Sequence[ScoredBatch],
-    features: Sequence[str],
-    model_input: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]],
-) -> dict[str, Any]:
-    """Batches as one set of columns: the model's input features, ``score`` and the prediction-log fields."""
-    import numpy as np
+class PendingRows:
+    """Scored rows waiting to be shipped, merged column by column as requests record them.
 
-    merged: dict[str, list[Any]] = {name: [] for name in features}
-    for batch in batches:
-        for name in features:
-            merged[name].extend(batch.columns[name])
-    columns = model_input(merged)
-    columns[SCORE_COLUMN] = np.asarray([s for b in batches for s in b.scores], dtype=np.float64)
-    columns["transaction_id"] = [i for b in batches for i in b.request_ids]
-    columns[EVENT_SECONDS] = np.asarray([t for b in batches for t in b.event_times], dtype=np.float64)
-    columns["decision"] = [d for b in batches for d in b.decisions]
-    columns["model_version"] = [b.model_version for b in batches for _ in b.request_ids]
-    return columns
+    Merging per request costs a few microseconds on the request path; merging hundreds of one-row requests at
+    shipping time cost the shipping thread 1.2 ms of GIL per shipment, which showed in the service's p99.
+    """
+
+    def __init__(self, features: Sequence[str]) -> None:
+        self.features = list(features)
+        self.columns: dict[str, list[Any]] = {name: [] for name in self.features}
+        self.scores: list[float] = []
+        self.request_ids: list[str] = []
+        self.event_times: list[float] = []
+        self.decisions: list[str] = []
+        self.model_versions: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def add(self, batch: ScoredBatch) -> None:
+        columns = self.columns
+        for name in self.features:
+            columns[name].extend(batch.columns[name])
+        self.scores.extend(batch.scores)
+        self.request_ids.extend(batch.request_ids)
+        self.event_times.extend(batch.event_times)
+        self.decisions.extend(batch.decisions)
+        self.model_versions.extend([batch.model_version] * len(batch.request_ids))
+
+    def then(self, later: PendingRows) -> PendingRows:
+        """These rows followed by ``later``'s (to put back rows whose shipment failed, order kept)."""
+        for name in self.features:
+            self.columns[name].extend(later.columns[name])
+        for mine, theirs in (
+            (self.scores, later.scores),
+            (self.request_ids, later.request_ids),
+            (self.event_times, later.event_times),
+            (self.decisions, later.decisions),
+            (self.model_versions, later.model_versions),
+        ):
+            mine.extend(theirs)
+        return self
+
+    def shipped(self, model_input: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]]) -> dict[str, Any]:
+        """The columns a writer takes: the model's input features, ``score`` and the prediction-log fields."""
+        import numpy as np
+
+        columns = model_input(self.columns)
+        columns[SCORE_COLUMN] = np.asarray(self.scores, dtype=np.float64)
+        columns["transaction_id"] = self.request_ids
+        columns[EVENT_SECONDS] = np.asarray(self.event_times, dtype=np.float64)
+        columns["decision"] = self.decisions
+        columns["model_version"] = self.model_versions
+        return columns
 
 
 @dataclass
@@ -124,7 +159,7 @@ class WindowWriter:
         return self._buffered
 
     def add(self, columns: Mapping[str, Any]) -> None:
-        """Take shipped columns (see ``ship_columns``) and file their rows under their event hour."""
+        """Take shipped columns (see ``PendingRows.shipped``) and file their rows under their event hour."""
         import pandas as pd
 
         frame = pd.DataFrame(dict(columns))
@@ -255,8 +290,7 @@ class TrafficLog:
         self._local = None if writer_process else WindowWriter(store, *self._writer_args)
         self._connection: Connection | None = None
         self._process: BaseProcess | None = None
-        self._queued: deque[ScoredBatch] = deque()
-        self._queued_rows = 0
+        self._pending = PendingRows(self.features)
         self._lock = threading.Lock()
         self._ship_lock = threading.Lock()
         self._wake = threading.Event()
@@ -268,14 +302,13 @@ class TrafficLog:
     @property
     def pending_rows(self) -> int:
         """Rows queued here plus rows the local writer holds (a writer process reports on flush)."""
-        return self._queued_rows + (self._local.pending_rows if self._local else 0)
+        return len(self._pending) + (self._local.pending_rows if self._local else 0)
 
     def record(self, batch: ScoredBatch) -> None:
-        """Queue a request's rows; called on the request path, so it only appends."""
-        self._queued.append(batch)
+        """Queue a request's rows; called on the request path, so it only appends to lists."""
         with self._lock:
-            self._queued_rows += len(batch.request_ids)
-            full = self._queued_rows >= self.ship_rows
+            self._pending.add(batch)
+            full = len(self._pending) >= self.ship_rows
         if full:
             self._wake.set()
 
@@ -339,14 +372,12 @@ class TrafficLog:
     def ship(self) -> int:
         """Hand the queued rows to the writer; returns how many."""
         with self._ship_lock:
-            batches: list[ScoredBatch] = []
-            while self._queued:
-                batches.append(self._queued.popleft())
-            if not batches:
+            with self._lock:
+                rows, self._pending = self._pending, PendingRows(self.features)
+            if not len(rows):
                 return 0
-            rows = sum(len(b.request_ids) for b in batches)
             try:
-                columns = ship_columns(batches, self.features, self.model_input)
+                columns = rows.shipped(self.model_input)
                 if self._local is not None:
                     self._local.add(columns)
                 else:
@@ -354,13 +385,12 @@ class TrafficLog:
                     assert self._connection is not None
                     self._connection.send(("rows", columns))
             except BaseException as error:
-                self._queued.extendleft(reversed(batches))  # nothing shipped: keep them for the next attempt
+                with self._lock:  # nothing shipped: keep them, ahead of what came since, for the next attempt
+                    self._pending = rows.then(self._pending)
                 if isinstance(error, OSError | EOFError):
                     self._forget_process()
                 raise
-            with self._lock:
-                self._queued_rows -= rows
-            return rows
+            return len(rows)
 
     def _write_local(self) -> int:
         assert self._local is not None

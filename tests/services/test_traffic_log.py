@@ -199,3 +199,26 @@ def test_the_servers_stop_signal_to_the_writer_loses_no_shipped_rows(tmp_path: P
     assert writer.exitcode == 0  # it left on "stop", not on the signals
     logged = store.read_predictions(T0, T0 + timedelta(hours=1))
     assert sorted(logged["transaction_id"]) == sorted(f"t{i}" for i in range(15))
+
+
+def test_a_failed_shipment_keeps_its_rows_ahead_of_later_ones(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path, "m")
+    calls = {"n": 0}
+
+    def failing_once(columns: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("no room to convert")
+        return model_input(columns)
+
+    log = TrafficLog(store, FEATURES, failing_once)
+    log.record(batch(0, 3, T0))
+    with pytest.raises(MemoryError):
+        log.ship()
+    assert log.pending_rows == 3
+    log.record(batch(3, 2, T0))
+    assert log.ship() == 5
+    assert log.flush() == 5 and log.pending_rows == 0
+    logged = store.read_predictions(T0, T0 + timedelta(hours=1))
+    assert list(logged["transaction_id"]) == [f"t{i}" for i in range(5)]
+    assert list(logged["score"]) == pytest.approx([0, 0.25, 0.5, 0, 1 / 3])
