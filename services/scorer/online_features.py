@@ -267,19 +267,18 @@ def _column_decoder(value_type: ValueType) -> Callable[[Sequence[bytes | None]],
 
     def by_buffer(raws: Sequence[bytes | None]) -> list[Any]:
         if len(raws) < BUFFER_MIN_VALUES:
-            return by_value(raws)
+            # Doubles rarely repeat: a memo would only fill up. Parse them one by one.
+            return [decode(raw) if raw else None for raw in raws]
         present = [raw for raw in raws if raw]
-        if not present:
-            return [None] * len(raws)
-        cells = np.frombuffer(b"".join(present), dtype=np.uint8)
         if any(len(raw) != size for raw in present):
             return by_value(raws)  # a value in another layout: the general path
-        cells = cells.reshape(-1, size)
+        cells = np.frombuffer(b"".join(present), dtype=np.uint8).reshape(-1, size)
         if not (cells[:, 0] == head[0]).all():
             return by_value(raws)
-        values = iter(np.ascontiguousarray(cells[:, 1:]).view(dtype).ravel().tolist())
+        decoded = np.ascontiguousarray(cells[:, 1:]).view(dtype).ravel().tolist()
         if len(present) == len(raws):
-            return list(values)
+            return decoded
+        values = iter(decoded)
         return [next(values) if raw else None for raw in raws]
 
     return by_buffer
@@ -551,21 +550,22 @@ class RedisFeatureReader:
         """
         from redis.exceptions import ConnectionError
 
+        try:
+            return await self._send_once(commands)
+        except ConnectionError:
+            return await self._send_once(commands)  # on a fresh connection
+
+    async def _send_once(self, commands: list[bytes]) -> list[Any]:
         pool = self._redis().connection_pool
-        for attempt in (1, 2):
-            connection = await pool.get_connection()
-            try:
-                await connection.send_packed_command(commands, check_health=False)
-                return [await connection.read_response() for _ in commands]
-            except ConnectionError:
-                if attempt == 2:
-                    raise
-            except BaseException:
-                await connection.disconnect(nowait=True)  # a reply error leaves the others unread
-                raise
-            finally:
-                await pool.release(connection)
-        raise AssertionError("unreachable")
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(commands, check_health=False)
+            return [await connection.read_response() for _ in commands]
+        except BaseException:
+            await connection.disconnect(nowait=True)  # a reply error leaves the others unread
+            raise
+        finally:
+            await pool.release(connection)
 
     def _seconds(self, raw: bytes) -> float:
         """A view's ``_ts`` field (a protobuf Timestamp, as Feast writes it) in epoch seconds."""

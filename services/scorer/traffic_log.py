@@ -97,15 +97,12 @@ class PendingRows:
         """These rows followed by ``later``'s (to put back rows whose shipment failed, order kept)."""
         for name in self.features:
             self.columns[name].extend(later.columns[name])
-        for mine, theirs in (
-            (self.scores, later.scores),
-            (self.request_ids, later.request_ids),
-            (self.event_times, later.event_times),
-            (self.decisions, later.decisions),
-            (self.model_versions, later.model_versions),
-        ):
+        for mine, theirs in zip(self._outcomes(), later._outcomes(), strict=True):
             mine.extend(theirs)
         return self
+
+    def _outcomes(self) -> tuple[list[Any], ...]:
+        return self.scores, self.request_ids, self.event_times, self.decisions, self.model_versions
 
     def shipped(self, model_input: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]]) -> dict[str, Any]:
         """The columns a writer takes: the model's input features, ``score`` and the prediction-log fields."""
