@@ -33,6 +33,11 @@ class BuildServiceParams(BaseModel):
     """Which registry version to package."""
 
     model: str = Field("champion", description="An alias of the registered model, or a version number.")
+    lock_packages: bool = Field(
+        True,
+        description="Lock every package, dependencies included, against the package index (~4 s). Off, the"
+        " bento lists the service's packages pinned to the installed versions only.",
+    )
 
 
 class BentoBuildError(RuntimeError):
@@ -77,7 +82,9 @@ def pin_packages(packages: list[str]) -> list[str]:
     return pinned
 
 
-def bento_config(settings: Settings, imported: ImportedModel, template: Path = BENTOFILE) -> dict[str, Any]:
+def bento_config(
+    settings: Settings, imported: ImportedModel, lock_packages: bool = True, template: Path = BENTOFILE
+) -> dict[str, Any]:
     """The bentofile for this model: named after the registered model, with its exact tag and pinned packages."""
     config = yaml.safe_load(template.read_text())
     config["name"] = settings.model_name
@@ -89,6 +96,7 @@ def bento_config(settings: Settings, imported: ImportedModel, template: Path = B
     }
     python = config.setdefault("python", {})
     python["packages"] = pin_packages(python.get("packages", []))
+    python["lock_packages"] = lock_packages
     return config
 
 
@@ -156,9 +164,9 @@ def import_model(alias_or_version: str) -> ImportedModel:
 
 
 @task
-def build_bento(imported: ImportedModel) -> str:
+def build_bento(imported: ImportedModel, lock_packages: bool) -> str:
     settings = get_settings()
-    config = bento_config(settings, imported)
+    config = bento_config(settings, imported, lock_packages)
     try:
         tag = run_bentoml_build(settings, config)
     except BentoBuildError as error:
@@ -180,7 +188,7 @@ def build_service(params: BuildServiceParams | None = None) -> dict[str, str]:
     """Package a registry version (the champion by default) as the scoring service's bento."""
     params = params or BuildServiceParams()
     imported = import_model(params.model)
-    bento = build_bento(imported)
+    bento = build_bento(imported, params.lock_packages)
     return {
         "bento": bento,
         "bento_model": imported.bento_model_tag,

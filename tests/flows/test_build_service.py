@@ -42,6 +42,8 @@ def test_bento_config_names_the_model_and_its_exact_tag(settings: Settings) -> N
     assert config["labels"]["model_version"] == "7"
     assert all("==" in p for p in config["python"]["packages"])
     assert "flows/" in config["exclude"]  # a bento must not ship Prefect
+    assert config["python"]["lock_packages"] is True
+    assert bento_config(settings, imported, lock_packages=False)["python"]["lock_packages"] is False
     assert yaml.safe_load(BENTOFILE.read_text())["models"] == ["fraud_scorer:latest"]
 
 
