@@ -111,8 +111,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def prefect_server(home: Path, scheduler: bool = True, timeout: float = 120) -> Iterator[str]:
-    """``prefect server start`` with its own PREFECT_HOME on a free port; yields the API URL.
+def prefect_server(
+    home: Path, scheduler: bool = True, timeout: float = 120, wait: bool = True
+) -> Iterator[tuple[str, Callable[[], None]]]:
+    """``prefect server start`` with its own PREFECT_HOME on a free port; yields the API URL and the wait for
+    its health (see ``running``): the URL is known before the server answers.
 
     Without ``scheduler``, cron schedules create no runs; events, automations and manual runs still work.
     """
@@ -121,8 +124,8 @@ def prefect_server(home: Path, scheduler: bool = True, timeout: float = 120) -> 
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--analytics-off", "--no-ui"]
     env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=str(scheduler).lower())
-    with running(command, env, home / "server.log", f"{api}/health", timeout):
-        yield api
+    with running(command, env, home / "server.log", f"{api}/health", timeout, wait=wait) as healthy:
+        yield api, healthy
 
 
 def prefect_cli(api: str, home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -161,6 +164,8 @@ def prefect_worker(
         **env,
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+        # A triggered run starts within 2 s rather than Prefect's default poll of 10 s.
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
     }
     health = f"http://127.0.0.1:{port}/health"
     with running(command, worker_env, home / "worker.log", health, timeout=120, wait=wait) as healthy:
@@ -180,7 +185,7 @@ def wait_for_flow_run(api: str, flow_run_id: str, timeout: float) -> dict:
             continue
         if run["state"] and run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     return run
 
 
