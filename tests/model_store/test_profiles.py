@@ -16,6 +16,7 @@ from model_store.profiles import (
     load_reference_profile,
     log_reference_profile,
     profile_frame,
+    read_profile,
     window_bounds,
 )
 from model_store.settings import Settings
@@ -125,6 +126,30 @@ def test_profile_frame_handles_types_whylogs_breaks_on_under_numpy2() -> None:
     assert (name["types/string"], name["counts/null"]) == (1, 1)
     assert view.get_column("single").to_summary_dict()["frequent_items/frequent_strings"][0].value == "x"
     assert df["name"].dtype == "string"  # the caller's frame is left alone
+
+
+def test_read_profile_reuses_component_classes_and_reads_what_was_written() -> None:
+    frame = make_frame(500).assign(flag=lambda f: f["score"] > 0.5, note=None)
+    written = profile_frame(frame)
+    data = written.serialize()
+    first, second = read_profile(data), read_profile(data)
+
+    def summary(view: object) -> tuple[pd.DataFrame, dict]:
+        table = view.to_pandas().sort_index(axis=1)
+        items = table.pop("frequent_items/frequent_strings")  # ties come back in any order
+        return table, {c: sorted((i.value, i.est) for i in v) for c, v in items.dropna().items()}
+
+    expected, expected_items = summary(written)
+    for view in (first, second):
+        table, items = summary(view)
+        pd.testing.assert_frame_equal(table, expected)
+        assert items == expected_items
+    # whylogs 1.6 alone defines a new class per component read; the second read reuses the first one's.
+    mean = [v.get_column("amount").get_metric("distribution").mean for v in (first, second)]
+    assert type(mean[0]) is type(mean[1])
+    merged = first.merge(second).get_column("amount").to_summary_dict()
+    assert merged["counts/n"] == 1000
+    assert merged["distribution/mean"] == pytest.approx(frame["amount"].mean())
 
 
 def test_window_bounds_are_whole_hours() -> None:
