@@ -156,7 +156,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RTML_REDIS_URL": settings.redis_url,
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "BENTOML_HOME": str(settings.bentoml_home),
-        # The drift report reads the traffic log right after the stream: a service would wait 30 s to write it.
+        # The drift report reads the traffic log right after the stream: a service would wait 5 minutes to write it.
         "RTML_TRAFFIC_FLUSH_SECONDS": "1",
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("RTML_")})

@@ -136,9 +136,9 @@ class WindowWriter:
     def __init__(
         self,
         store: ProfileStore,
-        flush_rows: int = 50_000,
-        flush_seconds: float = 30.0,
-        max_rows: int = 1_000_000,
+        flush_rows: int,
+        flush_seconds: float,
+        max_rows: int,
     ) -> None:
         self.store = store
         self.flush_rows = flush_rows
@@ -272,7 +272,7 @@ class TrafficLog:
         model_input: Callable[[Mapping[str, Sequence[Any]]], dict[str, Any]],
         ship_seconds: float = 0.5,
         ship_rows: int = 2_000,
-        flush_seconds: float = 30.0,
+        flush_seconds: float = 300.0,
         flush_rows: int = 50_000,
         max_rows: int = 1_000_000,
         writer_process: bool = False,

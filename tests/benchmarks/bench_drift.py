@@ -376,6 +376,59 @@ def report_cost() -> None:
     print(f"  drift verdicts for {frame.shape[1]} columns: {(time.perf_counter() - started) * 1e3:.0f} ms")
 
 
+def report_window_reads(requests_per_second: float = 50) -> None:
+    """What the drift report pays to read a 24 h window: one profile file per hour per flush of each worker."""
+    import tempfile
+    import uuid
+
+    from whylogs.core import DatasetProfileView
+
+    from model_store.profiles import ProfileStore, read_profile
+
+    rng = np.random.default_rng(1)
+    end = datetime(2026, 1, 2, tzinfo=UTC)
+    print(f"\nReading a 24 h window of one worker's traffic log ({requests_per_second:.0f} requests/s)")
+    # whylogs' own reader first: read_profile speeds it up for the rest of the process.
+    data = profile_frame(
+        pd.DataFrame({"amount": rng.normal(size=100), "channel": ["online"] * 100})
+    ).serialize()
+    timings = {}
+    for name, read in (
+        ("whylogs' deserialize", DatasetProfileView.deserialize),
+        ("read_profile", read_profile),
+    ):
+        started = time.perf_counter()
+        for _ in range(200):
+            read(data)
+        timings[name] = (time.perf_counter() - started) / 200 * 1e3
+    print("  a 2-column profile: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in timings.items()))
+    for flush_seconds in (30, 120, 300):
+        rows = int(requests_per_second * flush_seconds)
+        frame = pd.DataFrame(
+            {
+                **{f"num_{i}": rng.normal(size=rows) for i in range(20)},
+                **{f"cat_{i}": rng.choice(list("abcdefgh"), rows).astype(object) for i in range(6)},
+                "score": rng.random(rows),
+            }
+        )
+        data = profile_frame(frame).serialize()
+        per_hour = 3600 // flush_seconds
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ProfileStore(Path(tmp), "model")
+            for hour in range(24):
+                folder = store.serving_dir / (end - pd.Timedelta(hours=hour + 1)).strftime("%Y-%m-%dT%H")
+                folder.mkdir(parents=True)
+                for _ in range(per_hour):
+                    (folder / f"{uuid.uuid4().hex}.bin").write_bytes(data)
+            started = time.perf_counter()
+            store.read_window(end - pd.Timedelta(hours=24), end)
+            seconds = time.perf_counter() - started
+        print(
+            f"  flush every {flush_seconds:>3} s: {24 * per_hour:,} files of {len(data) / 1e3:.0f} KB, read and"
+            f" merged in {seconds:.1f} s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="independent data sets")
@@ -391,6 +444,7 @@ def main() -> None:
         report_quality(figures)
     if not args.skip_cost:
         report_cost()
+        report_window_reads()
 
 
 if __name__ == "__main__":
