@@ -24,12 +24,27 @@ if TYPE_CHECKING:
     from starlette.testclient import TestClient
 
 SERVED_MODEL = "service_test_scorer"
+CLUSTER_BUS_OFFSET = 10_000
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too: redis-server refuses one above 65535."""
+    while True:
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
 
 
 def known_ids(settings: Settings) -> tuple[list[int], list[int]]:
@@ -98,7 +113,7 @@ class RedisServer:
     """A redis-server of our own on a free port, which a test may stop and start again."""
 
     def __init__(self, workdir: Path, cluster: bool = False) -> None:
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.workdir = workdir
         self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
@@ -114,12 +129,9 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
-        self.process = subprocess.Popen(
-            args,
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = self.workdir / f"redis-{self.port}.log"
+        with log.open("w") as output:
+            self.process = subprocess.Popen(args, cwd=self.workdir, stdout=output, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
@@ -127,8 +139,10 @@ class RedisServer:
                 client.ping()
                 break
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not start on port {self.port}:\n{log.read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.05)
         if self.cluster:  # a one-node cluster owning every slot
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
