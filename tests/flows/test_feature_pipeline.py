@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
 
-from flows.feature_pipeline import feature_pipeline
+from flows.feature_pipeline import apply_definitions, feature_pipeline
 from flows.offline_store import read_partitions
 from model_store.settings import REPO_ROOT, Settings
 
@@ -147,3 +148,13 @@ def test_embedded_sqlite_online_store(
     )
     assert online["txn_count_7d"] == latest["txn_count_7d"].tolist()
     np.testing.assert_allclose(online["amount_sum_7d"], latest["amount_sum_7d"])
+
+
+def test_feast_apply_needs_no_data_and_runs_again_only_when_something_changed(settings: Settings) -> None:
+    assert not settings.offline_dir.exists()
+    assert "Deploying infrastructure" in (apply_definitions(settings) or "")
+    assert apply_definitions(settings) is None  # same definitions, same configuration
+    store = settings.feature_store()
+    assert {fv.name for fv in store.list_feature_views()} == set(VIEWS)
+    Path(str(settings.feast_registry)).unlink()  # a registry gone is applied again
+    assert apply_definitions(settings) is not None
