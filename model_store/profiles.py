@@ -185,6 +185,18 @@ class ProfileStore:
             return empty
         return pd.concat(frames, ignore_index=True)
 
+    def count_predictions(self, start: datetime, end: datetime) -> int:
+        """How many predictions are logged in the hours starting in ``[start, end)``, from file metadata only."""
+        import pyarrow.parquet as pq
+
+        total = 0
+        for path in self._files(self.predictions_dir, start, end, ".parquet"):
+            try:
+                total += pq.read_metadata(path).num_rows
+            except Exception as error:  # same policy as read_predictions
+                logger.warning("skipping unreadable prediction log %s: %s", path, error)
+        return total
+
     def hours(self, start: datetime, end: datetime) -> list[datetime]:
         """The hours in ``[start, end)`` that hold at least one serving profile."""
         return [hour for hour, _ in self._hour_dirs(self.serving_dir, start, end)]

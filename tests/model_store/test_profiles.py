@@ -97,6 +97,10 @@ def test_predictions_round_trip_by_hour(settings: Settings) -> None:
     assert first_hour["transaction_id"].tolist() == ["a", "b"]
     assert str(first_hour["event_timestamp"].dt.tz) == "UTC"
     assert len(store.read_predictions(T0, T0 + timedelta(hours=2))) == 3
+    assert store.count_predictions(T0, T0 + timedelta(hours=2)) == 3
+    assert store.count_predictions(T0 + timedelta(hours=1), T0 + timedelta(hours=2)) == 1
+    (path.parent / "damaged.parquet").write_bytes(b"not parquet")
+    assert store.count_predictions(T0, T0 + timedelta(hours=2)) == 3
     empty = store.read_predictions(T0 + timedelta(days=1), T0 + timedelta(days=2))
     assert empty.empty and list(empty.columns) == list(predictions.columns)
 
