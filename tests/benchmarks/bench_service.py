@@ -297,11 +297,13 @@ def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str
     return figures
 
 
-def start_server(target: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    if target.endswith(":floor_app"):
-        command = [str(Path(sys.executable).with_name("uvicorn")), "--factory", "--no-access-log"]
-    else:
-        command = [str(Path(sys.executable).with_name("bentoml")), "serve"]
+BENTOML_SERVE = [str(Path(sys.executable).with_name("bentoml")), "serve"]
+UVICORN_FACTORY = [str(Path(sys.executable).with_name("uvicorn")), "--factory", "--no-access-log"]
+
+
+def start_server(
+    command: list[str], target: str, env: dict[str, str], port: int, log: Path
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as sink:
         return subprocess.Popen(
             [*command, target, "--host", "127.0.0.1", "--port", str(port)],
@@ -505,15 +507,16 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     profiles: list[str] = []
     try:
-        for name, target, server_env in (
-            ("service", "services.scorer.service:OnlineScorer", service_env),
-            ("no-log", "services.scorer.service:OnlineScorer", {**service_env, "RTML_TRAFFIC_LOG": "false"}),
-            ("plain", "tests.benchmarks.bench_service:PlainScorer", env),
-            ("floor", "tests.benchmarks.bench_service:floor_app", env),
+        service = "services.scorer.service:OnlineScorer"
+        for name, command, target, server_env in (
+            ("service", BENTOML_SERVE, service, service_env),
+            ("no-log", BENTOML_SERVE, service, {**service_env, "RTML_TRAFFIC_LOG": "false"}),
+            ("plain", BENTOML_SERVE, "tests.benchmarks.bench_service:PlainScorer", env),
+            ("floor", UVICORN_FACTORY, "tests.benchmarks.bench_service:floor_app", env),
         ):
             port = free_port()
             log = home / f"{name}.log"
-            process = start_server(target, server_env, port, log)
+            process = start_server(command, target, server_env, port, log)
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_ready(url, process, log)

@@ -52,7 +52,7 @@ def wait_for(condition: Any, seconds: float = 20.0) -> None:
 
 def test_rows_are_profiled_and_logged_by_the_hour_of_their_event(tmp_path: Path) -> None:
     store = ProfileStore(tmp_path, "m")
-    log = TrafficLog(store, FEATURES, model_input)
+    log = TrafficLog(store, FEATURES, model_input, flush_seconds=3600)
     log.record(batch(0, 30, T0 + timedelta(minutes=10)))
     log.record(batch(30, 20, T0 + timedelta(minutes=70)))
     assert log.pending_rows == 50
@@ -74,7 +74,9 @@ def test_rows_are_profiled_and_logged_by_the_hour_of_their_event(tmp_path: Path)
 
 def test_background_thread_drains_once_enough_rows_wait(tmp_path: Path) -> None:
     store = ProfileStore(tmp_path, "m")
-    log = TrafficLog(store, FEATURES, model_input, ship_seconds=3600, ship_rows=100, flush_rows=100)
+    log = TrafficLog(
+        store, FEATURES, model_input, flush_seconds=3600, ship_seconds=3600, ship_rows=100, flush_rows=100
+    )
     log.start()
     try:
         log.record(batch(0, 60, T0))
@@ -114,7 +116,7 @@ class FlakyStore(ProfileStore):
 
 def test_failed_writes_keep_their_rows_and_bounded_memory_drops_the_oldest(tmp_path: Path) -> None:
     store = FlakyStore(tmp_path, "m")
-    log = TrafficLog(store, FEATURES, model_input, max_rows=25)
+    log = TrafficLog(store, FEATURES, model_input, flush_seconds=3600, max_rows=25)
     log.record(batch(0, 10, T0))
     log.record(batch(10, 10, T0))
     with pytest.raises(OSError, match="No space"):
@@ -133,7 +135,7 @@ def test_failed_writes_keep_their_rows_and_bounded_memory_drops_the_oldest(tmp_p
 def test_a_retry_after_a_partial_write_does_not_duplicate_rows(tmp_path: Path) -> None:
     store = FlakyStore(tmp_path, "m")
     store.profiles_fail = False  # the profile lands, its prediction log does not
-    log = TrafficLog(store, FEATURES, model_input)
+    log = TrafficLog(store, FEATURES, model_input, flush_seconds=3600)
     log.record(batch(0, 12, T0))
     with pytest.raises(OSError):
         log.flush()
@@ -211,7 +213,7 @@ def test_a_failed_shipment_keeps_its_rows_ahead_of_later_ones(tmp_path: Path) ->
             raise MemoryError("no room to convert")
         return model_input(columns)
 
-    log = TrafficLog(store, FEATURES, failing_once)
+    log = TrafficLog(store, FEATURES, failing_once, flush_seconds=3600)
     log.record(batch(0, 3, T0))
     with pytest.raises(MemoryError):
         log.ship()
