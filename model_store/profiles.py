@@ -37,7 +37,32 @@ def profile_frame(df: pd.DataFrame) -> DatasetProfileView:
     """Profile a frame with whylogs, converting the column types whylogs 1.6 cannot track under numpy 2."""
     import whylogs as why
 
-    return why.log(whylogs_compatible(df)).view()
+    return why.log(whylogs_compatible(df), schema=profile_schema()).view()
+
+
+def profile_schema() -> Any:
+    """whylogs' standard schema without the one metric it builds for every string column and then discards.
+
+    whylogs 1.6 constructs a unicode-range metric per string column to read its name, then leaves it out
+    because unicode ranges are not tracked by default: 15 ms of a 30 ms hourly profile of the model's input.
+    The profile's metrics are the same. A new schema each time: whylogs adds each profiled column to it.
+    """
+    from whylogs.core.metrics import StandardMetric
+    from whylogs.core.resolvers import STANDARD_RESOLVER, ResolverSpec
+    from whylogs.core.schema import DeclarativeSchema
+
+    unicode_range = StandardMetric.unicode_range.value
+    return DeclarativeSchema(
+        [
+            ResolverSpec(
+                column_name=spec.column_name,
+                column_type=spec.column_type,
+                metrics=[m for m in spec.metrics if m.metric is not unicode_range],
+                exclude=spec.exclude,
+            )
+            for spec in STANDARD_RESOLVER
+        ]
+    )
 
 
 def whylogs_compatible(df: pd.DataFrame) -> pd.DataFrame:

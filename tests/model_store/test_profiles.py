@@ -132,6 +132,24 @@ def test_profile_frame_handles_types_whylogs_breaks_on_under_numpy2() -> None:
     assert df["name"].dtype == "string"  # the caller's frame is left alone
 
 
+def test_profile_frame_tracks_what_whylogs_default_schema_tracks() -> None:
+    """The schema leaves out only what whylogs builds and discards: the same metrics, the same values."""
+    import whylogs as why
+
+    frame = make_frame(300).assign(flag=lambda f: f["score"] > 0.5, note=None)
+    ours, default = profile_frame(frame), why.log(frame).view()
+    assert sorted(ours.get_columns()) == sorted(default.get_columns())
+    for name in default.get_columns():
+        assert ours.get_column(name).get_metric_names() == default.get_column(name).get_metric_names(), name
+    assert ours.get_column("channel").get_metric("unicode_range") is None
+    pd.testing.assert_frame_equal(
+        ours.to_pandas().drop(columns="frequent_items/frequent_strings").sort_index(axis=1),
+        default.to_pandas().drop(columns="frequent_items/frequent_strings").sort_index(axis=1),
+    )
+    # A fresh schema per profile: columns of an earlier frame do not appear in the next one.
+    assert sorted(profile_frame(frame[["amount"]]).get_columns()) == ["amount"]
+
+
 def test_read_profile_reuses_component_classes_and_reads_what_was_written() -> None:
     frame = make_frame(500).assign(flag=lambda f: f["score"] > 0.5, note=None)
     written = profile_frame(frame)
