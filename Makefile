@@ -17,7 +17,7 @@ export PREFECT_HOME ?= $(CURDIR)/.rtml/prefect
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.rtml/tools/bin/uv)
 PY := .venv/bin/python
 
-.PHONY: help demo test bench lint format services clean
+.PHONY: help demo test bench lint format services prefect-db clean
 
 help:
 	@echo "make demo    run the whole lifecycle on embedded defaults (DEMO_SMALL=1 for small data)"
@@ -38,11 +38,15 @@ $(UV):
 services:
 	@bash deploy/local/services.sh
 
-demo: .venv/.synced
+# The empty Prefect database local servers start from (a server on a new home would migrate one: ~8 s).
+prefect-db: .venv/.synced
+	@$(PY) -m flows.local_platform
+
+demo: .venv/.synced prefect-db
 	@bash deploy/local/services.sh redis || true
 	$(PY) -m flows.demo
 
-test: .venv/.synced services
+test: .venv/.synced services prefect-db
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/pytest tests

@@ -7,10 +7,12 @@ healthy before they are used, and stopped (process group and all) when the block
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +26,8 @@ BIN = Path(sys.executable).parent
 WORK_POOL = "local-process"
 # Variables that point a process at stores or a Prefect API; servers start without the caller's.
 LOCATION_PREFIXES = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
+# What the checkout's local servers reuse whatever home they run in (the demo's, a test's): not a store.
+CACHE_DIR = REPO_ROOT / ".rtml" / "cache"
 
 
 class ServerError(RuntimeError):
@@ -110,20 +114,72 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def prefect_database_template() -> Path:
+    """Where the empty, migrated Prefect database of the installed Prefect version is kept."""
+    from importlib.metadata import version
+
+    return CACHE_DIR / f"prefect-{version('prefect')}.db"
+
+
+def prepare_prefect_database() -> Path:
+    """Migrate an empty Prefect database once per Prefect version; servers on a new home start from a copy.
+
+    A server on an empty home runs Prefect's migrations first: ~8 s of a 13 s start here, against 6 s from
+    the copy. ``make`` prepares it with the environment, as it compiles the bytecode.
+    """
+    template = prefect_database_template()
+    if template.exists():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent, prefix=".prefect-") as tmp:
+        done = subprocess.run(
+            [str(BIN / "prefect"), "server", "database", "upgrade", "--yes"],
+            env=clean_env(PREFECT_HOME=tmp),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise ServerError(
+                f"prefect server database upgrade failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
+        # Another process may have prepared it meanwhile: both copies are the same schema.
+        os.replace(Path(tmp) / "prefect.db", template)
+    return template
+
+
+def seed_prefect_database(home: Path) -> None:
+    """A new home gets a copy of the prepared database, when there is one (otherwise the server migrates)."""
+    database, template = home / "prefect.db", prefect_database_template()
+    if not database.exists() and template.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, database)
+
+
 @contextmanager
 def prefect_server(
-    home: Path, scheduler: bool = True, timeout: float = 120, wait: bool = True
+    home: Path,
+    scheduler: bool = True,
+    timeout: float = 120,
+    wait: bool = True,
+    database_url: str | None = None,
 ) -> Iterator[tuple[str, Callable[[], None]]]:
     """``prefect server start`` with its own PREFECT_HOME on a free port; yields the API URL and the wait for
     its health (see ``running``): the URL is known before the server answers.
 
     Without ``scheduler``, cron schedules create no runs; events, automations and manual runs still work.
+    ``database_url`` (a SQLAlchemy URL) replaces the SQLite file under ``home``.
     """
+    env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=str(scheduler).lower())
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    else:
+        seed_prefect_database(home)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--analytics-off", "--no-ui"]
-    env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=str(scheduler).lower())
     with running(command, env, home / "server.log", f"{api}/health", timeout, wait=wait) as healthy:
         yield api, healthy
 
@@ -198,3 +254,10 @@ def bento_service(target: str, env: dict[str, str], log_path: Path, timeout: flo
     command = [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     with running(command, {**clean_env(), **env}, log_path, f"{url}/readyz", timeout):
         yield url
+
+
+if __name__ == "__main__":
+    # `make demo` and `make test` run this first; it returns at once when the database is prepared.
+    if not prefect_database_template().exists():
+        print("==> preparing an empty Prefect database once for this Prefect version (~10 s)", flush=True)
+        print(f"    {prepare_prefect_database()}")

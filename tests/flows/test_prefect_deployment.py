@@ -9,15 +9,11 @@ and removed afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,11 +22,12 @@ import pytest
 import redis
 import yaml
 
+from flows import local_platform
 from model_store.settings import REPO_ROOT
 from tests.conftest import REDIS_URL, delete_project_keys, unique_project
 
 BIN = Path(sys.executable).parent
-POOL = "local-process"
+POOL = local_platform.WORK_POOL
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
@@ -40,92 +37,17 @@ def declared_deployments() -> dict[str, dict]:
     return {f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}": d for d in spec["deployments"]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any store or Prefect location, plus ``extra``."""
-    prefixes = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **extra)
-    return env
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """A ``prefect server start`` (scheduler on) on a loopback port with its own PREFECT_HOME; yields its API URL."""
-    port = free_port()
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = home / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "prefect"),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--analytics-off",
-            "--no-ui",
-        ],
-        env=clean_env(PREFECT_HOME=str(home)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy in 120 s: {log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield api
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-
-
 def prefect(api: str, home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the prefect CLI against the test server from the repository, without a terminal."""
-    done = subprocess.run(
-        [str(BIN / "prefect"), "--no-prompt", *args],
-        cwd=REPO_ROOT,
-        env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, (
-        f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    )
-    return done
+    """The prefect CLI against the test server, from the repository, without a terminal."""
+    return local_platform.prefect_cli(api, home, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A Prefect server with the work pool and every deployment of prefect.yaml; yields (API URL, PREFECT_HOME)."""
     home = tmp_path_factory.mktemp("prefect_home")
-    with prefect_server(home) as api:
+    # The scheduler stays on: a test below checks that cron schedules become runs.
+    with local_platform.prefect_server(home) as (api, _):
         prefect(api, home, "work-pool", "create", POOL, "--type", "process")
         prefect(api, home, "deploy", "--all", timeout=300)
         yield api, home
@@ -185,7 +107,7 @@ def test_monitoring_event_starts_the_training_deployment(deployed: tuple[str, Pa
     done = subprocess.run(
         [sys.executable, "-c", emit],
         cwd=REPO_ROOT,
-        env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+        env=local_platform.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -263,7 +185,7 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
         worker = subprocess.run(
             [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once"],
             cwd=tmp_path,
-            env=clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+            env=local_platform.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

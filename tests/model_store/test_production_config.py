@@ -7,14 +7,10 @@ PostgreSQL. Each test creates its own database and drops it afterwards.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +20,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+from flows import local_platform
 from model_store import registry
 from model_store.registry import PromotionPolicy, decide_promotion
 from model_store.scorer import ModelContract
@@ -187,72 +184,11 @@ def test_feast_registry_on_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not list((settings.home / "feast").glob("*.db")), "a file registry was written instead"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def prefect_server(home: Path, extra_env: dict[str, str]) -> Iterator[str]:
-    """A ``prefect server start`` on a loopback port with its own PREFECT_HOME; yields its API URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra_env)
-    home.mkdir(parents=True, exist_ok=True)
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "prefect"),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--analytics-off",
-            "--no-ui",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"prefect server exited with {proc.returncode}: {(home / 'server.log').read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"prefect server not healthy in 120 s: {(home / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
-        yield api
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
-
-
 def test_prefect_server_on_postgres_runs_a_flow(tmp_path: Path, database: str) -> None:
     home = tmp_path / "prefect"
     home.mkdir()
     db_url = sqlalchemy_url(database, "asyncpg")
-    with prefect_server(home, {"PREFECT_API_DATABASE_CONNECTION_URL": db_url}) as api:
+    with local_platform.prefect_server(home, database_url=db_url) as (api, _):
         code = (
             "from prefect import flow\n"
             "@flow(name='production-config-probe')\n"
