@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -221,6 +222,10 @@ def write_offline_store(settings: Settings, rows: FeatureRows, run_name: str) ->
     return files
 
 
+# One apply at a time in a process: a caller that arrives during another's apply waits, then finds it done.
+_APPLYING = threading.Lock()
+
+
 def apply_definitions(settings: Settings) -> str | None:
     """`feast apply`, as a Feast user runs it, when the definitions or their configuration changed.
 
@@ -228,6 +233,11 @@ def apply_definitions(settings: Settings) -> str | None:
     fingerprint of what it reads is kept beside the registry and an unchanged repository is not applied again.
     It needs no data: every field is declared. Returns Feast's last lines of output, ``None`` when skipped.
     """
+    with _APPLYING:
+        return _apply_if_changed(settings)
+
+
+def _apply_if_changed(settings: Settings) -> str | None:
     settings.export_feast_env()
     fingerprint = _feature_repo_fingerprint(settings)
     marker = settings.home / "feast" / f"{settings.feast_project}.applied"
