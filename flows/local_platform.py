@@ -229,23 +229,6 @@ def prefect_worker(
         yield healthy
 
 
-def wait_for_flow_run(api: str, flow_run_id: str, timeout: float) -> dict:
-    """Poll a flow run until it reaches a final state (or ``timeout`` seconds pass); returns it."""
-    deadline = time.monotonic() + timeout
-    run: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
-        except httpx.TransportError:
-            # A busy server (SQLite under a running flow) answers late; the run goes on regardless.
-            time.sleep(2)
-            continue
-        if run["state"] and run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            break
-        time.sleep(0.5)
-    return run
-
-
 @contextmanager
 def bento_service(target: str, env: dict[str, str], log_path: Path, timeout: float = 120) -> Iterator[str]:
     """``bentoml serve TARGET`` (a bento tag, or a service import path) on a free port; yields its base URL."""

@@ -41,13 +41,15 @@ def prepare_demo_data(home: Path, project: str) -> None:
         }
     )
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
-    from flows.demo import FULL, generate_demo_data
+    import pandas as pd
+
+    from flows.demo import FULL, data_end, generate_demo_data
     from flows.feature_pipeline import feature_pipeline
     from model_store.settings import get_settings
 
     get_settings.cache_clear()
     started = time.perf_counter()
-    generate_demo_data(get_settings(), FULL)
+    generate_demo_data(get_settings(), FULL, data_end(pd.Timestamp.now(tz="UTC")))
     feature_pipeline()
     print(f"data: demo size in {home}, through the feature pipeline in {time.perf_counter() - started:.0f} s")
 

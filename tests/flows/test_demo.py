@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 
+import pandas as pd
 import pytest
 
-from flows.demo import ensure_online_store
+from flows.demo import data_end, ensure_online_store
 from model_store.settings import Settings, get_settings
 
 
@@ -34,3 +35,16 @@ def test_falls_back_to_sqlite_and_says_so(
     assert chosen.feast_yaml.name == "feature_store_sqlite.yaml"
     out = capsys.readouterr().out
     assert "falling back to Feast's embedded SQLite online store" in out
+
+
+@pytest.mark.parametrize(
+    ("now", "end"),
+    [
+        ("2026-12-02T09:44:00+00:00", "2026-11-30T00:00:00+00:00"),  # a Wednesday: that week's Monday
+        ("2026-11-30T00:00:00+00:00", "2026-11-30T00:00:00+00:00"),  # Monday midnight itself
+        ("2026-11-29T23:59:59+00:00", "2026-11-23T00:00:00+00:00"),  # Sunday night: the week before
+        ("2026-12-01T01:30:00+05:00", "2026-11-30T00:00:00+00:00"),  # Tuesday there, Monday 20:30 UTC
+    ],
+)
+def test_data_ends_on_the_last_monday_midnight_utc(now: str, end: str) -> None:
+    assert data_end(pd.Timestamp(now)) == pd.Timestamp(end)

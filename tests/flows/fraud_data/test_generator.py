@@ -82,6 +82,22 @@ def test_same_seed_gives_identical_frames(config: GeneratorConfig, data: RawData
         assert frame_digest(getattr(data, name)) == frame_digest(getattr(again, name))
 
 
+def test_a_start_whole_weeks_later_gives_the_same_data_shifted(
+    config: GeneratorConfig, data: RawData
+) -> None:
+    """What makes the demo repeat itself: traffic follows the hour and the weekday, nothing else of the date."""
+    weeks = pd.Timedelta(weeks=3)
+    later = generate_raw_data(GeneratorConfig(**SMALL, start=config.start + weeks))
+    for name in ("customers", "merchants", "transactions"):
+        frame = getattr(later, name).copy()
+        for column in frame.select_dtypes(include="datetimetz").columns:
+            frame[column] = (frame[column] - weeks).astype(frame[column].dtype)
+        pd.testing.assert_frame_equal(frame, getattr(data, name), check_exact=True)
+    # A day later is other traffic: the weekly profile moved under it.
+    day_later = generate_raw_data(GeneratorConfig(**SMALL, start=config.start + pd.Timedelta(days=1)))
+    assert not day_later.transactions["amount"].equals(data.transactions["amount"])
+
+
 def test_other_seed_gives_other_data_and_disjoint_ids(data: RawData) -> None:
     other = generate_raw_data(GeneratorConfig(**SMALL, seed=7))
     assert not other.transactions["amount"].equals(data.transactions["amount"])
