@@ -8,6 +8,7 @@ there, and a worker runs it, as on a platform. ``DEMO_SMALL=1`` runs the same st
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -30,7 +31,7 @@ from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, gene
 from model_store.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun
 
 TRAINING_DEPLOYMENT = "training_pipeline/training-pipeline"
@@ -298,11 +299,11 @@ def wait_for_traffic_log(settings: Settings, transactions: pd.DataFrame, timeout
         time.sleep(0.5)
 
 
-def triggered_training_runs(client: SyncPrefectClient, since: pd.Timestamp) -> list[FlowRun]:
+async def triggered_training_runs(client: PrefectClient, since: pd.Timestamp) -> list[FlowRun]:
     """Training flow runs automations created after ``since`` (not scheduled ones)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    runs = client.read_flow_runs(
+    runs = await client.read_flow_runs(
         deployment_filter=DeploymentFilter(
             name=DeploymentFilterName(any_=[TRAINING_DEPLOYMENT.split("/")[1]])
         ),
@@ -311,31 +312,26 @@ def triggered_training_runs(client: SyncPrefectClient, since: pd.Timestamp) -> l
     return [run for run in runs if not run.auto_scheduled and run.created >= since]
 
 
-def wait_for_retraining(client: SyncPrefectClient, since: pd.Timestamp, timeout: float = 60) -> list[FlowRun]:
+async def wait_for_retraining(since: pd.Timestamp, timeout: float = 60) -> list[FlowRun]:
     """Every training run the alerts started, in its final state; none when no run appears within ``timeout``.
 
     Alerts firing together each trigger a run and the deployment's concurrency limit cancels all but one, when
-    the worker takes them: the runs seen first are awaited, then any created meanwhile.
+    the worker takes them: the runs seen first are awaited (Prefect's client retries the 503s a server on SQLite
+    answers while locked), then any created meanwhile.
     """
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import wait_for_flow_run
+
     deadline = time.monotonic() + timeout
-    while not (runs := triggered_training_runs(client, since)) and time.monotonic() < deadline:
-        time.sleep(0.5)
     finished: dict[Any, FlowRun] = {}
-    while pending := [run.id for run in runs if run.id not in finished]:
-        for run_id in pending:
-            finished[run_id] = wait_for_flow_run(client, run_id, timeout=1800)
-        runs = triggered_training_runs(client, since)
+    async with get_client() as client:
+        while not (runs := await triggered_training_runs(client, since)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        while pending := [run.id for run in runs if run.id not in finished]:
+            done = await asyncio.gather(*(wait_for_flow_run(i, timeout=1800, client=client) for i in pending))
+            finished.update((run.id, run) for run in done)
+            runs = await triggered_training_runs(client, since)
     return list(finished.values())
-
-
-def wait_for_flow_run(client: SyncPrefectClient, flow_run_id: Any, timeout: float) -> FlowRun:
-    """The flow run once final (or as it is after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = client.read_flow_run(flow_run_id)
-        if (run.state is not None and run.state.is_final()) or time.monotonic() > deadline:
-            return run
-        time.sleep(0.5)
 
 
 def set_deployment_parameters(name: str, parameters: dict[str, Any]) -> None:
@@ -458,12 +454,8 @@ def main() -> None:
         say(f"report: {report['report']['html']}")
 
         step(6, "Retrain on the new data; the promotion gate decides")
-        from prefect.client.orchestration import get_client
-
         worker_ready()
-        # Prefect's client retries what a busy server answers with 503 (SQLite locked by its own services).
-        prefect_client = stack.enter_context(get_client(sync_client=True))
-        runs = wait_for_retraining(prefect_client, reported_at)
+        runs = asyncio.run(wait_for_retraining(reported_at))
         if not runs:
             say("no training run was triggered (no drift past the thresholds): nothing to retrain")
         else:

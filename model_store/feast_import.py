@@ -27,14 +27,12 @@ def _unchecked(target: Any = None, **_options: Any) -> Any:
     return target
 
 
-def skip_type_instrumentation() -> bool:
-    """Make ``@typechecked`` a no-op for Feast modules imported from now on; False when Feast is loaded already."""
-    if "feast" in sys.modules:
-        return False
-    import typeguard
+def skip_type_instrumentation() -> None:
+    """Make ``@typechecked`` a no-op for Feast modules imported from now on (none, once Feast is loaded)."""
+    if "feast" not in sys.modules:
+        import typeguard
 
-    typeguard.typechecked = _unchecked
-    return True
+        typeguard.typechecked = _unchecked
 
 
 def is_instrumented(function: Any) -> bool:

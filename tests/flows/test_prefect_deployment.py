@@ -37,19 +37,14 @@ def declared_deployments() -> dict[str, dict]:
     return {f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}": d for d in spec["deployments"]}
 
 
-def prefect(api: str, home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The prefect CLI against the test server, from the repository, without a terminal."""
-    return local_platform.prefect_cli(api, home, *args, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A Prefect server with the work pool and every deployment of prefect.yaml; yields (API URL, PREFECT_HOME)."""
     home = tmp_path_factory.mktemp("prefect_home")
     # The scheduler stays on: a test below checks that cron schedules become runs.
     with local_platform.prefect_server(home) as (api, _):
-        prefect(api, home, "work-pool", "create", POOL, "--type", "process")
-        prefect(api, home, "deploy", "--all", timeout=300)
+        local_platform.prefect_cli(api, home, "work-pool", "create", POOL, "--type", "process")
+        local_platform.prefect_cli(api, home, "deploy", "--all")
         yield api, home
 
 
@@ -170,7 +165,7 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }
     try:
-        created = prefect(
+        created = local_platform.prefect_cli(
             api,
             home,
             "deployment",
