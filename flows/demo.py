@@ -40,10 +40,10 @@ TRAINING_DEPLOYMENT = "training_pipeline/training-pipeline"
 # first model, with the GIL released; the drift report's (~2.5 s) while the service starts.
 WARM_MODULES = ("feast", "feast.infra.offline_stores.duckdb", "flows.training_pipeline")
 # How long the demo waits for the drift alerts' training run to appear. It outlasts a stall of a Prefect server
-# on SQLite, whose busy timeout is a fixed 60 s: seen in about one demo in five, such a stall delayed the run.
+# on SQLite, whose busy timeout is a fixed 60 s: seen in 2 of 15 demos on one day, such a stall delayed the run.
 RETRAINING_TIMEOUT_SECONDS = 150
 # The drifted period is streamed in this many slices, each followed by a feature pipeline run.
-STREAM_SLICES = 3
+STREAM_SLICES = 2
 
 
 @dataclass(frozen=True)
