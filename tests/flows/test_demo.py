@@ -1,13 +1,18 @@
-"""The demo's bootstrap: Redis when it answers, otherwise Feast's embedded SQLite store, said loudly."""
+"""The demo's bootstrap (Redis when it answers, otherwise Feast's embedded SQLite store, said loudly), its data's
+end, and its wait for the worker's flow-run processes before stopping the worker."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from flows.demo import data_end, ensure_online_store
+from flows.demo import data_end, ensure_online_store, wait_for_run_processes
 from model_store.settings import Settings, get_settings
 
 
@@ -48,3 +53,12 @@ def test_falls_back_to_sqlite_and_says_so(
 )
 def test_data_ends_on_the_last_monday_midnight_utc(now: str, end: str) -> None:
     assert data_end(pd.Timestamp(now)) == pd.Timestamp(end)
+
+
+def test_waits_for_a_finished_runs_process_to_exit_before_the_worker_stops() -> None:
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    # The worker reaps its flow runs' processes; here a thread does.
+    threading.Thread(target=run.wait, daemon=True).start()
+    cancelled_before_start = SimpleNamespace(infrastructure_pid=None)
+    wait_for_run_processes([cancelled_before_start, SimpleNamespace(infrastructure_pid=str(run.pid))])
+    assert run.poll() is not None
