@@ -37,7 +37,36 @@ def profile_frame(df: pd.DataFrame) -> DatasetProfileView:
     """Profile a frame with whylogs, converting the column types whylogs 1.6 cannot track under numpy 2."""
     import whylogs as why
 
+    _split_float_columns_at_once()
     return why.log(whylogs_compatible(df), schema=profile_schema()).view()
+
+
+@cache
+def _split_float_columns_at_once() -> None:
+    """Make whylogs 1.6 (unmaintained) split a float64 column with numpy, not with a Python call per value.
+
+    Before profiling a column whylogs counts its nulls, NaNs and infinities, testing each float for infinity
+    through ``Series.apply``: 1.2 s of the 1.5 s profile of the small demo's training set (21k rows, 24 float
+    columns). The counts and the array of floats are the same; every other dtype takes whylogs' own path.
+    """
+    import numpy as np
+    from whylogs.core.preprocessing import PreprocessedColumn
+
+    original = PreprocessedColumn._pandas_split
+
+    def _pandas_split(self: Any, series: pd.Series | None, parse_numeric_string: bool = False) -> None:
+        if series is None or series.dtype != np.float64:
+            return original(self, series, parse_numeric_string)
+        values = series.to_numpy()
+        missing = np.isnan(values)
+        self.null_count = self.nan_count = int(missing.sum())
+        floats = values[~missing]
+        self.inf_count = int(np.isinf(floats).sum())
+        self.numpy.floats = floats
+        return None
+
+    _pandas_split.__wrapped__ = original  # type: ignore[attr-defined]
+    PreprocessedColumn._pandas_split = _pandas_split  # type: ignore[method-assign]
 
 
 def profile_schema() -> Any:
