@@ -17,7 +17,7 @@ export PREFECT_HOME ?= $(CURDIR)/.rtml/prefect
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.rtml/tools/bin/uv)
 PY := .venv/bin/python
 
-.PHONY: help demo test bench lint format services prefect-db clean
+.PHONY: help demo test bench lint format services databases clean
 
 help:
 	@echo "make demo    run the whole lifecycle on embedded defaults (DEMO_SMALL=1 for small data)"
@@ -38,15 +38,15 @@ $(UV):
 services:
 	@bash deploy/local/services.sh
 
-# The empty Prefect database local servers start from (a server on a new home would migrate one: ~8 s).
-prefect-db: .venv/.synced
+# The empty Prefect and MLflow databases new local homes start from (migrating them costs ~8 s and ~1.5 s).
+databases: .venv/.synced
 	@$(PY) -m flows.local_platform
 
-demo: .venv/.synced prefect-db
+demo: .venv/.synced databases
 	@bash deploy/local/services.sh redis || true
 	$(PY) -m flows.demo
 
-test: .venv/.synced services prefect-db
+test: .venv/.synced services databases
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/pytest tests

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import httpx
 
-from model_store.settings import REPO_ROOT
+from model_store.settings import CACHE_DIR, REPO_ROOT
+from model_store.tracking import mlflow_database_template, prepare_mlflow_database
 
 BIN = Path(sys.executable).parent
 WORK_POOL = "local-process"
 # Variables that point a process at stores or a Prefect API; servers start without the caller's.
 LOCATION_PREFIXES = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
-# What the checkout's local servers reuse whatever home they run in (the demo's, a test's): not a store.
-CACHE_DIR = REPO_ROOT / ".rtml" / "cache"
 
 
 class ServerError(RuntimeError):
@@ -240,7 +239,10 @@ def bento_service(target: str, env: dict[str, str], log_path: Path, timeout: flo
 
 
 if __name__ == "__main__":
-    # `make demo` and `make test` run this first; it returns at once when the database is prepared.
+    # `make demo` and `make test` run this first; it returns at once when the databases are prepared.
     if not prefect_database_template().exists():
         print("==> preparing an empty Prefect database once for this Prefect version (~10 s)", flush=True)
         print(f"    {prepare_prefect_database()}")
+    if not mlflow_database_template().exists():
+        print("==> preparing an empty MLflow database once for this MLflow version (~3 s)", flush=True)
+        print(f"    {prepare_mlflow_database()}")

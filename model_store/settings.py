@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# What the checkout's local stores and servers reuse whatever home they run in (the demo's, a test's): empty,
+# migrated databases to copy. Not a store.
+CACHE_DIR = REPO_ROOT / ".rtml" / "cache"
 
 
 class Settings(BaseSettings):
