@@ -7,12 +7,10 @@ healthy before they are used, and stopped (process group and all) when the block
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from model_store.database_templates import prepare_template, seed_from_template
 from model_store.settings import CACHE_DIR, REPO_ROOT
 from model_store.tracking import mlflow_database_template, prepare_mlflow_database
 
@@ -124,16 +123,13 @@ def prepare_prefect_database() -> Path:
     """Migrate an empty Prefect database once per Prefect version; servers on a new home start from a copy.
 
     A server on an empty home runs Prefect's migrations first: ~8 s of a 13 s start here, against 6 s from
-    the copy. ``make`` prepares it with the environment, as it compiles the bytecode.
+    the copy.
     """
-    template = prefect_database_template()
-    if template.exists():
-        return template
-    template.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=template.parent, prefix=".prefect-") as tmp:
+
+    def create(home: Path) -> Path:
         done = subprocess.run(
             [str(BIN / "prefect"), "server", "database", "upgrade", "--yes"],
-            env=clean_env(PREFECT_HOME=tmp),
+            env=clean_env(PREFECT_HOME=str(home)),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -143,17 +139,14 @@ def prepare_prefect_database() -> Path:
             raise ServerError(
                 f"prefect server database upgrade failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
             )
-        # Another process may have prepared it meanwhile: both copies are the same schema.
-        os.replace(Path(tmp) / "prefect.db", template)
-    return template
+        return home / "prefect.db"
+
+    return prepare_template(prefect_database_template(), create)
 
 
 def seed_prefect_database(home: Path) -> None:
     """A new home gets a copy of the prepared database, when there is one (otherwise the server migrates)."""
-    database, template = home / "prefect.db", prefect_database_template()
-    if not database.exists() and template.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(template, database)
+    seed_from_template(home / "prefect.db", prefect_database_template())
 
 
 @contextmanager

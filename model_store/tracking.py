@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from model_store.database_templates import prepare_template, seed_from_template
 from model_store.settings import CACHE_DIR, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -34,7 +32,7 @@ def mlflow_client(settings: Settings | None = None) -> MlflowClient:
         db_path = uri.removeprefix("sqlite:///")
         if db_path != uri:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            seed_mlflow_database(Path(db_path))
+            seed_from_template(Path(db_path), mlflow_database_template())
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -50,41 +48,17 @@ def mlflow_database_template() -> Path:
 def prepare_mlflow_database() -> Path:
     """Create an empty SQLite store once per MLflow version; new local stores start from a copy.
 
-    A new store runs MLflow's migrations: 1.5 s of the 2.4 s its first client call took here (every demo,
-    every test's temporary store). ``make`` prepares it with the environment.
+    A new store runs MLflow's migrations: 1.5 s of the 2.4 s its first client call took here.
     """
-    import mlflow
 
-    template = mlflow_database_template()
-    if template.exists():
-        return template
-    template.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=template.parent, prefix=".mlflow-") as tmp:
-        database = Path(tmp) / "mlflow.db"
+    def create(folder: Path) -> Path:
+        import mlflow
+
+        database = folder / "mlflow.db"
         mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments(max_results=1)
-        # Another process may have prepared it meanwhile: both copies are the same schema.
-        os.replace(database, template)
-    return template
+        return database
 
-
-def seed_mlflow_database(database: Path) -> None:
-    """A store that does not exist yet starts as a copy of the prepared one, when there is one.
-
-    The copy appears at once or not at all (a hard link of a finished copy): two processes opening the
-    same new store never write to a file the other replaced.
-    """
-    template = mlflow_database_template()
-    if database.exists() or not template.exists():
-        return
-    fd, tmp = tempfile.mkstemp(dir=database.parent, prefix=".mlflow-", suffix=".db")
-    os.close(fd)
-    try:
-        shutil.copyfile(template, tmp)
-        os.link(tmp, database)
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
+    return prepare_template(mlflow_database_template(), create)
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings, name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from model_store import tracking
+from model_store.database_templates import seed_from_template
 from model_store.settings import Settings
 
 
@@ -34,7 +35,7 @@ def test_prepared_store_is_made_once_and_seeds_only_new_stores(
     experiment = tracking.ensure_experiment(client, settings, "seeded")
     assert client.get_experiment(experiment).name == "seeded"
 
-    tracking.seed_mlflow_database(database)  # an existing store is never replaced
+    seed_from_template(database, tracking.mlflow_database_template())  # an existing store is never replaced
     assert tracking.mlflow_client(settings).get_experiment_by_name("seeded") is not None
     assert not list(database.parent.glob(".mlflow-*"))  # no temporary copy left behind
 
