@@ -361,7 +361,7 @@ def report_cost() -> None:
     profile_frame(floats)
     per_value = (time.perf_counter() - started) / floats.size
     print(
-        f"  float columns alone: {per_value * 1e6:.1f} us per value (whylogs checks each float for inf in Python)"
+        f"  float columns alone: {per_value * 1e6:.1f} us per value (their split for NaN and inf is vectorized, model_store/profiles.py)"
     )
     print(f"  appending a request to the buffer: {append * 1e9:.0f} ns (the rest runs off the request path)")
     views = [profile_frame(frame.iloc[i : i + 4000]) for i in range(0, 96_000, 4000)]
