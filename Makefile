@@ -40,11 +40,11 @@ services:
 
 # The empty Prefect and MLflow databases new local homes start from (migrating them costs ~8 s and ~1.5 s).
 databases: .venv/.synced
-	@$(PY) -m flows.local_platform
+	@$(PY) -m deploy.local.servers
 
 demo: .venv/.synced databases
 	@bash deploy/local/services.sh redis || true
-	$(PY) -m flows.demo
+	$(PY) -m deploy.local.demo
 
 test: .venv/.synced services databases
 	.venv/bin/ruff check .

@@ -6,21 +6,19 @@ changes nothing and a run with new data reads just the look-back it needs from e
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
+from flows.feature_store.definitions import apply_definitions
+from flows.feature_store.ingestion import RawBatch, find_new_batches, read_raw_table, record_batch
+from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
+from flows.feature_store.validation import check_invalid_share, validate_batch, write_quarantine
 from flows.fraud_data.features import (
     ACTIVITY_LOOKBACK,
     compute_customer_activity,
@@ -31,9 +29,6 @@ from flows.fraud_data.features import (
     risk_snapshots,
 )
 from flows.fraud_data.schema import customers_schema, merchants_schema, transactions_schema
-from flows.ingestion import RawBatch, find_new_batches, read_raw_table, record_batch
-from flows.offline_store import max_timestamp, read_partitions, write_partitions
-from flows.validation import check_invalid_share, validate_batch, write_quarantine
 from model_store.settings import Settings, get_settings
 
 
@@ -222,37 +217,6 @@ def write_offline_store(settings: Settings, rows: FeatureRows, run_name: str) ->
     return files
 
 
-# One apply at a time in a process: a caller that arrives during another's apply waits, then finds it done.
-_APPLYING = threading.Lock()
-
-
-def apply_definitions(settings: Settings) -> str | None:
-    """`feast apply`, as a Feast user runs it, when the definitions or their configuration changed.
-
-    Feast's apply is idempotent but costs ~6 s (it imports the repository in a fresh interpreter), so a
-    fingerprint of what it reads is kept beside the registry and an unchanged repository is not applied again.
-    It needs no data: every field is declared. Returns Feast's last lines of output, ``None`` when skipped.
-    """
-    with _APPLYING:
-        return _apply_if_changed(settings)
-
-
-def _apply_if_changed(settings: Settings) -> str | None:
-    settings.export_feast_env()
-    fingerprint = _feature_repo_fingerprint(settings)
-    marker = settings.home / "feast" / f"{settings.feast_project}.applied"
-    if marker.exists() and marker.read_text() == fingerprint and _registry_exists(settings):
-        return None
-    feast = Path(sys.executable).with_name("feast")
-    command = [str(feast), "-c", str(settings.feast_repo_path), "-f", str(settings.feast_yaml), "apply"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {settings.feast_repo_path}:\n{done.stderr[-3000:]}")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
-    return " / ".join(done.stdout.strip().splitlines()[-2:])
-
-
 @task(retries=2, retry_delay_seconds=5)
 def apply_feature_repo(settings: Settings) -> None:
     output = apply_definitions(settings)
@@ -264,25 +228,12 @@ def apply_feature_repo(settings: Settings) -> None:
         get_run_logger().info("feast apply: %s", output)
 
 
-def _feature_repo_fingerprint(settings: Settings) -> str:
-    digest = hashlib.sha256(json.dumps(settings.feast_env(), sort_keys=True).encode())
-    for path in sorted(settings.feast_repo_path.glob("*")):
-        if path.suffix in {".py", ".yaml"} or path.name == ".feastignore":
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-def _registry_exists(settings: Settings) -> bool:
-    registry = str(settings.feast_registry)
-    return "://" in registry or Path(registry).exists()
-
-
 @task(retries=3, retry_delay_seconds=[2, 10, 30])
 def materialize_online(settings: Settings, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
     """Write the newest feature rows per entity into the online store; retried while Redis is unreachable."""
     import redis
 
-    from flows.materialize import materialize_frames
+    from flows.feature_store.materialize import materialize_frames
 
     store = settings.feature_store()
     try:

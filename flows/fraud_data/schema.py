@@ -21,7 +21,7 @@ MERCHANT_CATEGORIES = (
 MAX_AMOUNT = 50_000.0
 
 TIMESTAMP = pd.DatetimeTZDtype(unit="us", tz="UTC")
-# Column metadata read by flows/validation.py: a value later than the validation time (plus a tolerance)
+# Column metadata read by flows/feature_store/validation.py: a value later than the validation time (plus a tolerance)
 # is quarantined. The check needs the time of validation, so it is added there, not frozen here.
 NOT_IN_FUTURE = {"not_in_future": True}
 

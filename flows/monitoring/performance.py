@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from flows.offline_store import read_partitions
+from flows.feature_store.offline_store import read_partitions
 
 LABEL_COLUMNS = ["transaction_id", "is_fraud", "label_timestamp"]
 CALIBRATION_BINS = 10

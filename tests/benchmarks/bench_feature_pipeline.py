@@ -44,8 +44,8 @@ def main() -> None:
     from prefect import flow
 
     from flows import feature_pipeline as fp
+    from flows.feature_store.materialize import latest_per_entity, materialize_frames
     from flows.fraud_data.generator import GeneratorConfig, generate_raw_data, write_raw_data
-    from flows.materialize import latest_per_entity, materialize_frames
     from model_store.settings import get_settings
     from tests.conftest import delete_project_keys
 

@@ -43,7 +43,7 @@ def prepare_demo_data(home: Path, project: str) -> None:
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
     import pandas as pd
 
-    from flows.demo import FULL, data_end, generate_demo_data
+    from deploy.local.demo import FULL, data_end, generate_demo_data
     from flows.feature_pipeline import feature_pipeline
     from model_store.settings import get_settings
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import redis
 
-from flows.local_platform import clean_env
+from deploy.local.servers import clean_env
 from model_store.settings import REPO_ROOT
 from tests.conftest import REDIS_URL, delete_project_keys, unique_project
 
@@ -44,7 +44,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "flows.demo"],
+            [sys.executable, "-m", "deploy.local.demo"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from feast.types import Float64, Int64, String
 
-from flows.offline_store import read_partitions
+from flows.feature_store.offline_store import read_partitions
 from model_store.settings import Settings
 
 DTYPES = {Int64: "int64", Float64: "float64", String: "object"}

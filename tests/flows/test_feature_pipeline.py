@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import redis
 
-from flows.feature_pipeline import apply_definitions, feature_pipeline
-from flows.offline_store import read_partitions
+from flows.feature_pipeline import feature_pipeline
+from flows.feature_store.definitions import apply_definitions
+from flows.feature_store.offline_store import read_partitions
 from model_store.settings import REPO_ROOT, Settings
 
 VIEWS = {

@@ -9,7 +9,7 @@ import pytest
 from prefect_dask import DaskTaskRunner
 
 from flows.feature_pipeline import feature_pipeline
-from flows.offline_store import read_partitions
+from flows.feature_store.offline_store import read_partitions
 from model_store.settings import REPO_ROOT, Settings
 from tests.conftest import make_settings
 

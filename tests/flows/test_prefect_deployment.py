@@ -22,12 +22,12 @@ import pytest
 import redis
 import yaml
 
-from flows import local_platform
+from deploy.local import servers
 from model_store.settings import REPO_ROOT
 from tests.conftest import REDIS_URL, delete_project_keys, unique_project
 
 BIN = Path(sys.executable).parent
-POOL = local_platform.WORK_POOL
+POOL = servers.WORK_POOL
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
@@ -42,9 +42,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     """A Prefect server with the work pool and every deployment of prefect.yaml; yields (API URL, PREFECT_HOME)."""
     home = tmp_path_factory.mktemp("prefect_home")
     # The scheduler stays on: a test below checks that cron schedules become runs.
-    with local_platform.prefect_server(home) as (api, _):
-        local_platform.prefect_cli(api, home, "work-pool", "create", POOL, "--type", "process")
-        local_platform.prefect_cli(api, home, "deploy", "--all")
+    with servers.prefect_server(home) as (api, _):
+        servers.prefect_cli(api, home, "work-pool", "create", POOL, "--type", "process")
+        servers.prefect_cli(api, home, "deploy", "--all")
         yield api, home
 
 
@@ -102,7 +102,7 @@ def test_monitoring_event_starts_the_training_deployment(deployed: tuple[str, Pa
     done = subprocess.run(
         [sys.executable, "-c", emit],
         cwd=REPO_ROOT,
-        env=local_platform.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+        env=servers.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -165,7 +165,7 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }
     try:
-        created = local_platform.prefect_cli(
+        created = servers.prefect_cli(
             api,
             home,
             "deployment",
@@ -180,7 +180,7 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
         worker = subprocess.run(
             [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once"],
             cwd=tmp_path,
-            env=local_platform.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
+            env=servers.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from flows import local_platform
+from deploy.local import servers
 from model_store import registry
 from model_store.registry import PromotionPolicy, decide_promotion
 from model_store.scorer import ModelContract
@@ -188,7 +188,7 @@ def test_prefect_server_on_postgres_runs_a_flow(tmp_path: Path, database: str) -
     home = tmp_path / "prefect"
     home.mkdir()
     db_url = sqlalchemy_url(database, "asyncpg")
-    with local_platform.prefect_server(home, database_url=db_url) as (api, _):
+    with servers.prefect_server(home, database_url=db_url) as (api, _):
         code = (
             "from prefect import flow\n"
             "@flow(name='production-config-probe')\n"

@@ -9,6 +9,8 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
+from flows.feature_store.ingestion import read_raw_table
+from flows.feature_store.validation import validate_batch
 from flows.fraud_data.schema import (
     CARD_TYPES,
     CHANNELS,
@@ -19,8 +21,6 @@ from flows.fraud_data.schema import (
     merchants_schema,
     transactions_schema,
 )
-from flows.ingestion import read_raw_table
-from flows.validation import validate_batch
 from model_store.settings import REPO_ROOT
 
 SCHEMAS = {"customers": customers_schema, "merchants": merchants_schema, "transactions": transactions_schema}

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.offline_store import write_partitions
+from flows.feature_store.offline_store import write_partitions
 from flows.training.dataset import (
     build_training_set,
     drop_burn_in,

@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows.feature_store.ingestion import (
+    RawBatch,
+    RawFileError,
+    find_new_batches,
+    read_raw_table,
+    record_batch,
+)
+from flows.feature_store.validation import REASON_COLUMN, validate_batch
 from flows.fraud_data.schema import customers_schema, transactions_schema
-from flows.ingestion import RawBatch, RawFileError, find_new_batches, read_raw_table, record_batch
-from flows.validation import REASON_COLUMN, validate_batch
 
 NOW = pd.Timestamp("2026-03-01 12:00", tz="UTC")
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.fraud_data.schema import MAX_AMOUNT, customers_schema, transactions_schema
-from flows.validation import (
+from flows.feature_store.validation import (
     REASON_COLUMN,
     ROW_COLUMN,
     BatchRejectedError,
@@ -18,6 +17,7 @@ from flows.validation import (
     validate_batch,
     write_quarantine,
 )
+from flows.fraud_data.schema import MAX_AMOUNT, customers_schema, transactions_schema
 
 NOW = pd.Timestamp("2026-03-01 12:00", tz="UTC")
 REFERENCES = {"customer_id": {1, 2, 3}, "merchant_id": {10, 11}}

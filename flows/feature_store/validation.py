@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from flows.ingestion import cast_column, missing_columns, parse_columns
+from flows.feature_store.ingestion import cast_column, missing_columns, parse_columns
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from flows.demo import data_end, ensure_online_store, wait_for_run_processes
+from deploy.local.demo import data_end, ensure_online_store, wait_for_run_processes
 from model_store.settings import Settings, get_settings
 
 

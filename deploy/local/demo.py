@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pandas as pd
 
-from flows import local_platform
+from deploy.local import servers
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
 from model_store.settings import Settings, get_settings
 
@@ -191,7 +191,7 @@ def prefect_api(settings: Settings) -> Iterator[tuple[str, Path, Callable[[], No
         yield api, home, lambda: None
         return
     # The demo's story runs on events: cron schedules would start runs the story did not ask for.
-    with local_platform.prefect_server(home, scheduler=False, wait=False) as (api, server_ready):
+    with servers.prefect_server(home, scheduler=False, wait=False) as (api, server_ready):
         say(f"Prefect server: {api.removesuffix('/api')} (logs {home / 'server.log'})")
         os.environ["PREFECT_API_URL"] = api
         try:
@@ -224,7 +224,7 @@ def prepare(settings: Settings, size: DemoSize, end: pd.Timestamp) -> RawData:
 
 def deploy(api: str, home: Path, size: DemoSize) -> None:
     """Every deployment of prefect.yaml, as a platform team applies them, with the demo's training sizes."""
-    local_platform.deploy_all(api, home)
+    servers.deploy_all(api, home)
     set_deployment_parameters(TRAINING_DEPLOYMENT, {"params": training_parameters(size)})
 
 
@@ -403,7 +403,8 @@ def main() -> None:
         settings = ensure_online_store(settings)
         api, prefect_home, server_ready = stack.enter_context(prefect_api(settings))
         background = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="demo"))
-        from flows.feature_pipeline import apply_definitions, feature_pipeline
+        from flows.feature_pipeline import feature_pipeline
+        from flows.feature_store.definitions import apply_definitions
 
         # `feast apply` runs in its own interpreter (~6 s); the pipeline's apply task waits for it to finish.
         applied = background.submit(apply_definitions, settings)
@@ -443,9 +444,7 @@ def main() -> None:
         warmed = background.submit(importlib.import_module, "flows.drift_report")
         # The worker starts in step 4 and stops after the service: its last flow run exits meanwhile.
         worker = stack.enter_context(ExitStack())
-        url = stack.enter_context(
-            local_platform.bento_service(bento["bento"], env, settings.home / "service.log")
-        )
+        url = stack.enter_context(servers.bento_service(bento["bento"], env, settings.home / "service.log"))
         warmed.result()
         say(f"service ready at {url} (logs {settings.home / 'service.log'})")
 
@@ -458,7 +457,7 @@ def main() -> None:
         )
         # The worker that will run the retraining starts while the service's (single-process) traffic-log
         # writer catches up: the other core is idle then.
-        worker_ready = worker.enter_context(local_platform.prefect_worker(api, prefect_home, env, wait=False))
+        worker_ready = worker.enter_context(servers.prefect_worker(api, prefect_home, env, wait=False))
         retraining: list[FlowRun] = []
         worker.callback(wait_for_run_processes, retraining)
         logged = wait_for_traffic_log(settings, drifted.transactions)

@@ -11,7 +11,12 @@ import pandas as pd
 import pytest
 import redis
 
-from flows.materialize import PIPELINE_ROWS, _send_pipelined, latest_per_entity, materialize_frames
+from flows.feature_store.materialize import (
+    PIPELINE_ROWS,
+    _send_pipelined,
+    latest_per_entity,
+    materialize_frames,
+)
 from model_store.settings import Settings
 from tests.services.conftest import RedisServer
 

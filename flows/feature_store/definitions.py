@@ -1,0 +1,55 @@
+"""`feast apply` of the repository's definitions, run as a Feast user runs it, only when something changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from model_store.settings import Settings
+
+# One apply at a time in a process: a caller that arrives during another's apply waits, then finds it done.
+_APPLYING = threading.Lock()
+
+
+def apply_definitions(settings: Settings) -> str | None:
+    """`feast apply`, as a Feast user runs it, when the definitions or their configuration changed.
+
+    Feast's apply is idempotent but costs ~6 s (it imports the repository in a fresh interpreter), so a
+    fingerprint of what it reads is kept beside the registry and an unchanged repository is not applied again.
+    It needs no data: every field is declared. Returns Feast's last lines of output, ``None`` when skipped.
+    """
+    with _APPLYING:
+        return _apply_if_changed(settings)
+
+
+def _apply_if_changed(settings: Settings) -> str | None:
+    settings.export_feast_env()
+    fingerprint = _feature_repo_fingerprint(settings)
+    marker = settings.home / "feast" / f"{settings.feast_project}.applied"
+    if marker.exists() and marker.read_text() == fingerprint and _registry_exists(settings):
+        return None
+    feast = Path(sys.executable).with_name("feast")
+    command = [str(feast), "-c", str(settings.feast_repo_path), "-f", str(settings.feast_yaml), "apply"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"feast apply failed in {settings.feast_repo_path}:\n{done.stderr[-3000:]}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)
+    return " / ".join(done.stdout.strip().splitlines()[-2:])
+
+
+def _feature_repo_fingerprint(settings: Settings) -> str:
+    digest = hashlib.sha256(json.dumps(settings.feast_env(), sort_keys=True).encode())
+    for path in sorted(settings.feast_repo_path.glob("*")):
+        if path.suffix in {".py", ".yaml"} or path.name == ".feastignore":
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _registry_exists(settings: Settings) -> bool:
+    registry = str(settings.feast_registry)
+    return "://" in registry or Path(registry).exists()
