@@ -20,16 +20,14 @@ from flows.feature_store.ingestion import RawBatch, find_new_batches, read_raw_t
 from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
 from flows.feature_store.validation import check_invalid_share, validate_batch, write_quarantine
 from flows.fraud_data.features import (
-    ACTIVITY_LOOKBACK,
-    compute_customer_activity,
     compute_customer_profile,
-    compute_merchant_activity,
     compute_merchant_profile,
     compute_merchant_risk,
     risk_snapshots,
 )
 from flows.fraud_data.schema import customers_schema, merchants_schema, transactions_schema
 from model_store.settings import Settings, get_settings
+from services.stream.windows import WindowedView, compute_windows, windowed_views
 
 
 class FeaturePipelineParams(BaseModel):
@@ -153,12 +151,27 @@ class FeatureInputs:
 
 
 @task
-def load_feature_inputs(settings: Settings, ingested: IngestedBatches) -> FeatureInputs:
+def read_window_definitions(settings: Settings) -> list[WindowedView]:
+    """The feature views computed as windows over transactions, as declared in the applied Feast registry."""
+    store = settings.feature_store()
+    views = windowed_views(store.list_feature_views(allow_cache=False))
+    if not views:
+        raise LookupError(
+            f"the Feast registry at {settings.feast_registry} declares no windowed feature views: apply "
+            f"{settings.feast_repo_path} first (the pipeline's apply_feature_repo parameter does)"
+        )
+    return views
+
+
+@task
+def load_feature_inputs(
+    settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta
+) -> FeatureInputs:
     """Read only the look-back the new rows need, and the labels that had arrived by the data's own "now"."""
     new = ingested.transactions
     validated = settings.validated_dir / "transactions"
     start = new["event_timestamp"].min()
-    history = read_partitions(validated, since=start - ACTIVITY_LOOKBACK)
+    history = read_partitions(validated, since=start - lookback)
     as_of = max_timestamp(validated)
     labels = read_partitions(validated, columns=["merchant_id", "label_timestamp", "is_fraud"])
     return FeatureInputs(
@@ -178,9 +191,12 @@ def compute_table(name: str, compute: Callable[..., pd.DataFrame], *args: object
 
 
 def compute_features(
-    settings: Settings, reference: ReferenceTables, ingested: IngestedBatches
+    settings: Settings,
+    reference: ReferenceTables,
+    ingested: IngestedBatches,
+    windows: list[WindowedView],
 ) -> FeatureRows:
-    """Submit the feature computations of what is new: profiles of changed tables, activity and risk of new rows."""
+    """Submit the feature computations of what is new: profiles of changed tables, windows and risk of new rows."""
     replaced, appended = {}, {}
     if "customers" in reference.changed:
         replaced["customer_profile"] = compute_table.submit(
@@ -191,14 +207,16 @@ def compute_features(
             "merchant_profile", compute_merchant_profile, reference.merchants
         )
     if not ingested.transactions.empty:
-        inputs = load_feature_inputs(settings, ingested)
+        lookback = max(view.horizon for view in windows)
+        inputs = load_feature_inputs(settings, ingested, lookback)
+        for view in windows:
+            appended[view.name] = compute_table.submit(
+                view.name, compute_windows, view, inputs.transactions, inputs.history
+            )
         merchants = reference.merchants["merchant_id"].to_numpy()
-        for name, compute, args in (
-            ("customer_activity", compute_customer_activity, (inputs.transactions, inputs.history)),
-            ("merchant_activity", compute_merchant_activity, (inputs.transactions, inputs.history)),
-            ("merchant_risk", compute_merchant_risk, (inputs.labels, merchants, inputs.snapshots)),
-        ):
-            appended[name] = compute_table.submit(name, compute, *args)
+        appended["merchant_risk"] = compute_table.submit(
+            "merchant_risk", compute_merchant_risk, inputs.labels, merchants, inputs.snapshots
+        )
     return FeatureRows(
         appended={name: future.result() for name, future in appended.items()},
         replaced={name: future.result() for name, future in replaced.items()},
@@ -275,10 +293,9 @@ def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, i
     applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
     reference = ingest_reference_tables(settings, max_invalid)
     ingested = ingest_transactions(settings, reference, max_invalid)
-    rows = compute_features(settings, reference, ingested)
+    windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
+    rows = compute_features(settings, reference, ingested, windows)
     write_offline_store(settings, rows, _run_name(ingested, reference))
-    if applied is not None:
-        applied.result()
     written = materialize_online(settings, rows.all())
     record_ingested(settings, ingested)
     return {"transactions": len(ingested.transactions), **written}

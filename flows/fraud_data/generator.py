@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from flows.fraud_data.schema import CARD_TYPES, CHANNELS, MAX_AMOUNT, MERCHANT_CATEGORIES, REGIONS
+from services.stream.windows import EventIndex
 
 logger = logging.getLogger(__name__)
 
@@ -507,11 +508,13 @@ def compute_velocity(customer: np.ndarray, time_us: np.ndarray) -> tuple[np.ndar
     same = cust[1:] == cust[:-1]
     gap = np.full(n, np.inf)
     gap[1:][same] = (t[1:] - t[:-1])[same] / US_PER_S
-    # One sorted key per (customer, ms time) with customers spaced further apart than any window.
-    t_ms = (t - (t.min() if n else 0)) // 1000
-    stride = (int(t_ms.max()) if n else 0) + 3_600_001
-    key = cust.astype(np.int64) * stride + t_ms
-    count = np.arange(n) - np.searchsorted(key, key - 3_600_000, side="left")
+    # Earlier transactions of the customer (in time order, ties in generation order) at most an hour
+    # before, at millisecond resolution: its rank among its own transactions minus those further back.
+    codes, uniques = pd.factorize(cust)
+    t_ms = t // 1000
+    index = EventIndex(codes, t_ms, len(uniques))
+    # The arrays are sorted by (customer, time) already, so the index's order is theirs.
+    count = (np.arange(n) - index.first(codes)) - index.count_upto(codes, t_ms - 3_600_001)
     gap_out, count_out = np.empty(n), np.empty(n, dtype=np.int64)
     gap_out[order], count_out[order] = gap, count
     return gap_out, count_out

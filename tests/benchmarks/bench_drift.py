@@ -34,12 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
 
-from flows.fraud_data.features import compute_customer_activity, compute_merchant_activity  # noqa: E402
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, generate_raw_data  # noqa: E402
 from flows.monitoring.drift import DriftThresholds, detect_drift  # noqa: E402
 from flows.monitoring.performance import PerformanceThresholds, measure_performance  # noqa: E402
 from flows.monitoring.whylogs_backend import WhylogsBackend  # noqa: E402
 from model_store.profiles import profile_frame  # noqa: E402
+from services.stream.windows import compute_windows  # noqa: E402
+from tests.fixtures.feature_repo import declared_windowed_views  # noqa: E402
 
 DRIFT_START_DAY = 30
 DRIFTED_DAYS = 15
@@ -98,7 +99,8 @@ def model_features(raw: object) -> pd.DataFrame:
     )
     merchant_region = merchants["merchant_region"].reindex(tx["merchant_id"]).to_numpy()
     frame["is_foreign_merchant"] = (merchant_region != frame["home_region"].to_numpy()).astype("int64")
-    customer = previous_state(frame, compute_customer_activity(tx), "customer_id")
+    views = declared_windowed_views()
+    customer = previous_state(frame, compute_windows(views["customer_activity"], tx), "customer_id")
     for column in (
         "txn_count_1h",
         "txn_count_24h",
@@ -109,7 +111,7 @@ def model_features(raw: object) -> pd.DataFrame:
         frame[column] = customer[column]
     frame["seconds_since_prev_txn"] = customer["seconds_since_prev_txn"]
     frame["amount_to_mean_7d"] = frame["amount"] / customer["amount_mean_7d"]
-    merchant = previous_state(frame, compute_merchant_activity(tx), "merchant_id")
+    merchant = previous_state(frame, compute_windows(views["merchant_activity"], tx), "merchant_id")
     for column in ("merchant_txn_count_24h", "merchant_amount_mean_24h"):
         frame[column] = merchant[column]
     start = ts.min().floor("D")
