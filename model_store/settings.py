@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     alert_webhook_url: SecretStr | None = Field(
         None, description="Drift/decay alerts are POSTed here as JSON."
     )
+    stream_max_length: int = Field(
+        2_000_000,
+        ge=1_000,
+        description="Entries the transactions stream keeps (approximately); a consumer further behind than "
+        "this loses entries, which reach its dead-letter stream as trimmed.",
+    )
 
     def model_post_init(self, __context: object) -> None:
         self.home = self.home.resolve()
@@ -97,6 +103,11 @@ class Settings(BaseSettings):
     @property
     def offline_dir(self) -> Path:
         return self.data_dir / "offline"
+
+    def stream(self, name: str) -> str:
+        """The Redis key of one of the platform's streams (``transactions``, ``decisions``, ``score-requests``,
+        ``dead-letter``), on the online store's Redis; like Feast's keys it ends with the project name."""
+        return f"rtml:{name}:{self.feast_project}"
 
     @property
     def mlflow_artifact_root(self) -> Path:

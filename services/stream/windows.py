@@ -25,6 +25,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,31 +76,54 @@ class WindowedView:
     events: str
     features: tuple[WindowedFeature, ...]
 
-    @property
+    @cached_property
     def horizon_us(self) -> int:
         """How far back from an entity's newest event any of its windows reaches."""
         return max(f.window_us for f in self.features)
 
-    @property
+    @cached_property
     def horizon(self) -> pd.Timedelta:
         return pd.Timedelta(self.horizon_us, unit="us")
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
         """Event columns the aggregations read (besides the key, the id and the time)."""
         return tuple(dict.fromkeys(f.column for f in self.features if f.column))
 
-    @property
+    @cached_property
     def unit_columns(self) -> frozenset[str]:
         """Columns summed or averaged, hence carried as integer units."""
         return frozenset(f.column for f in self.features if f.aggregation in ("sum", "mean") and f.column)
 
-    @property
+    @cached_property
     def windows(self) -> tuple[int, ...]:
         """Window lengths (microseconds) over which something is counted, summed or distinct-counted."""
         return tuple(
             sorted({f.window_us for f in self.features if f.aggregation in ("count", *NEEDS_COLUMN)})
         )
+
+    @cached_property
+    def aggregates(self) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Per window length: the columns summed in it and the columns distinct-counted in it."""
+        return {
+            window: (
+                tuple(
+                    dict.fromkeys(
+                        f.column
+                        for f in self.features
+                        if f.window_us == window and f.aggregation in ("sum", "mean") and f.column
+                    )
+                ),
+                tuple(
+                    dict.fromkeys(
+                        f.column
+                        for f in self.features
+                        if f.window_us == window and f.aggregation == "count_distinct" and f.column
+                    )
+                ),
+            )
+            for window in self.windows
+        }
 
     @classmethod
     def from_feature_view(cls, view: FeatureView, join_keys: Mapping[str, str] | None = None) -> WindowedView:
@@ -347,13 +371,9 @@ class EntityWindows:
         self.ids: set[str] = set()
         self.values: dict[str, list[Any]] = {c: [] for c in view.columns}
         self._left = dict.fromkeys(view.windows, 0)
-        self._sums = {
-            (f.window_us, f.column): 0 for f in view.features if f.aggregation in ("sum", "mean") and f.column
-        }
-        self._distinct: dict[tuple[int, str], dict[Any, int]] = {
-            (f.window_us, f.column): {}
-            for f in view.features
-            if f.aggregation == "count_distinct" and f.column
+        self._sums = {w: dict.fromkeys(summed, 0) for w, (summed, _) in view.aggregates.items()}
+        self._distinct: dict[int, dict[str, dict[Any, int]]] = {
+            w: {c: {} for c in counted} for w, (_, counted) in view.aggregates.items()
         }
 
     def __len__(self) -> int:
@@ -397,17 +417,17 @@ class EntityWindows:
 
     def _shift(self, window: int, position: int, sign: int) -> None:
         """Move the event at ``position`` into (+1) or out of (-1) ``window``'s aggregates."""
-        for (w, column), total in self._sums.items():
-            if w == window:
-                self._sums[(w, column)] = total + sign * self.values[column][position]
-        for (w, column), counts in self._distinct.items():
-            if w == window:
-                value = self.values[column][position]
-                left = counts.get(value, 0) + sign
-                if left:
-                    counts[value] = left
-                else:
-                    del counts[value]
+        values = self.values
+        sums = self._sums[window]
+        for column in sums:
+            sums[column] += sign * values[column][position]
+        for column, counts in self._distinct[window].items():
+            value = values[column][position]
+            left = counts.get(value, 0) + sign
+            if left:
+                counts[value] = left
+            else:
+                del counts[value]
 
     def _prune(self) -> None:
         stale = bisect_right(self.times, self.times[-1] - self.view.horizon_us)
@@ -438,9 +458,9 @@ class EntityWindows:
             elif kind == "count":
                 out[feature.name] = n - self._left[window]
             elif kind == "count_distinct":
-                out[feature.name] = len(self._distinct[(window, feature.column)])
+                out[feature.name] = len(self._distinct[window][feature.column])
             else:
-                total = float(self._sums[(window, feature.column)])
+                total = float(self._sums[window][feature.column])
                 count = n - self._left[window]
                 out[feature.name] = total / UNITS if kind == "sum" else total / (count * float(UNITS))
         return out

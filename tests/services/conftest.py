@@ -112,10 +112,12 @@ def served_settings(served_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
 class RedisServer:
     """A redis-server of our own on a free port, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path, cluster: bool = False) -> None:
+    def __init__(self, workdir: Path, cluster: bool = False, appendonly: bool = False) -> None:
         self.port = free_cluster_port() if cluster else free_port()
         self.workdir = workdir
         self.cluster = cluster
+        # With its append-only file (fsync every second, Redis's default), a restart keeps what it had.
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -126,7 +128,13 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += [
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfilename",
+            f"redis-{self.port}.aof",
+        ]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         log = self.workdir / f"redis-{self.port}.log"
@@ -155,6 +163,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as an OOM kill or a node failure would: no chance to write anything more."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(10)
             self.process = None
 

@@ -1,0 +1,149 @@
+"""The transaction event: what every entry of the transactions stream holds (schema ``transaction.v1``).
+
+An entry of a Redis stream is a map of fields; ours are:
+
+- ``schema``: ``transaction.v1``. A consumer refuses (dead-letters) any other value: a new version of the
+  format gets a new name, and consumers learn it before producers send it.
+- ``source``: who published it: ``scorer`` (``POST /score`` and ``/score_batch``, after scoring),
+  ``stream-scorer`` (stream scoring), ``upstream`` (systems that decided elsewhere, through
+  ``python -m services.stream.publish``) or ``backfill`` (the batch pipeline's recent history).
+- ``transaction``: JSON, exactly the body ``POST /score`` takes (``services/scorer/transaction.py``):
+  ``{"transaction_id", "customer_id", "merchant_id", "amount", "timestamp", "channel"}``, the timestamp in
+  ISO 8601 with a time zone.
+- ``decision`` (only when scored): JSON ``{"fraud_probability", "decision", "threshold", "model_name",
+  "model_version", "scored_at", "features"}``; ``features`` holds the model's input as the model received
+  it (numbers, ``null`` for a missing number, categories as text). This is the decision record.
+
+Stream entry ids (``<milliseconds>-<sequence>``) are Redis's clock at publication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from services.scorer.transaction import Transaction
+
+SCHEMA = "transaction.v1"
+SOURCES = ("scorer", "stream-scorer", "upstream", "backfill")
+# Where a transaction came from, when it was already decided elsewhere (no decision in the event).
+UNDECIDED_SOURCES = frozenset({"upstream", "backfill"})
+
+
+class MalformedEvent(ValueError):
+    """A stream entry that is not a valid transaction event; the message names the field and the reason."""
+
+
+class Decision(BaseModel):
+    """What the scorer decided for one transaction, with the model input it decided on."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    fraud_probability: float
+    decision: Literal["approve", "decline"]
+    threshold: float
+    model_name: str
+    model_version: str
+    scored_at: AwareDatetime
+    features: dict[str, float | int | str | None]
+
+
+@dataclass(frozen=True)
+class TransactionEvent:
+    """A decoded entry of the transactions stream."""
+
+    id: bytes
+    transaction: Transaction
+    source: str
+    decision: Decision | None = None
+
+
+def transaction_json(transaction: Transaction) -> bytes:
+    """The transaction as ``POST /score`` takes it."""
+    return orjson.dumps(
+        {
+            "transaction_id": transaction.transaction_id,
+            "customer_id": transaction.customer_id,
+            "merchant_id": transaction.merchant_id,
+            "amount": transaction.amount,
+            "timestamp": transaction.timestamp.isoformat(),
+            "channel": transaction.channel,
+        }
+    )
+
+
+def decision_json(result: Mapping[str, Any], scored_at: datetime, features: Mapping[str, Any]) -> bytes:
+    """A scorer's answer for one transaction (``ScoreResult`` fields) as the event's ``decision`` field."""
+    return orjson.dumps(
+        {
+            "fraud_probability": result["fraud_probability"],
+            "decision": result["decision"],
+            "threshold": result["threshold"],
+            "model_name": result["model_name"],
+            "model_version": result["model_version"],
+            "scored_at": scored_at.isoformat(),
+            "features": features,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def encode(transaction: bytes, source: str, decision: bytes | None = None) -> dict[bytes, bytes]:
+    """The fields of one stream entry; ``transaction`` and ``decision`` are JSON (see the module docstring)."""
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r} is not one of {SOURCES}")
+    fields = {b"schema": SCHEMA.encode(), b"source": source.encode(), b"transaction": transaction}
+    if decision is not None:
+        fields[b"decision"] = decision
+    return fields
+
+
+def decode(entry_id: bytes, fields: Mapping[bytes, bytes]) -> TransactionEvent:
+    """A stream entry as an event; raises ``MalformedEvent`` naming what is wrong (never anything else)."""
+    schema = fields.get(b"schema")
+    if schema != SCHEMA.encode():
+        raise MalformedEvent(f"schema: {_text(schema)!r} is not {SCHEMA!r}")
+    source = _text(fields.get(b"source"))
+    if source not in SOURCES:
+        raise MalformedEvent(f"source: {source!r} is not one of {', '.join(SOURCES)}")
+    raw = fields.get(b"transaction")
+    if raw is None:
+        raise MalformedEvent("transaction: field missing")
+    try:
+        transaction = Transaction.model_validate_json(raw)
+    except ValidationError as error:
+        raise MalformedEvent(f"transaction: {_problems(error)}") from None
+    decision = None
+    if (raw_decision := fields.get(b"decision")) is not None:
+        try:
+            decision = Decision.model_validate_json(raw_decision)
+        except ValidationError as error:
+            raise MalformedEvent(f"decision: {_problems(error)}") from None
+    return TransactionEvent(entry_id, transaction, source, decision)
+
+
+def _problems(error: ValidationError) -> str:
+    problems = error.errors(include_url=False, include_input=False)
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in problems)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def raw_row(transaction: Transaction) -> dict[str, Any]:
+    """The transaction as a row of the raw schema (``transaction_id``, ``event_timestamp``, ids, ``amount``,
+    ``channel``): what the windows aggregate and what the landing zone receives."""
+    return {
+        "transaction_id": transaction.transaction_id,
+        "event_timestamp": transaction.timestamp,
+        "customer_id": transaction.customer_id,
+        "merchant_id": transaction.merchant_id,
+        "amount": transaction.amount,
+        "channel": transaction.channel,
+    }

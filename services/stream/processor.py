@@ -1,0 +1,484 @@
+"""The window processor: keeps the windowed feature views exact in the online store, transaction by transaction.
+
+    python -m services.stream.processor
+
+It reads the transactions stream with a consumer group and, for each transaction, updates every feature
+view declared as windows over transactions (``services/stream/windows.py``; today ``customer_activity`` and
+``merchant_activity``) for the transaction's customer and merchant. After it has processed a transaction, the
+online value of each view is exactly the row the batch feature pipeline computes for the entity's newest
+transaction: same declaration, same arithmetic, written in Feast's own Redis layout.
+
+State: each entity's events within its view's horizon, in memory (``EntityWindows``, an LRU of
+``stream_cache_entities``) and in Redis (a sorted set per entity, ``rtml:windows:<view>:<Feast key>``, which
+expires when the entity is idle longer than the horizon). A batch's state changes, online values and
+acknowledgement are one Redis transaction, so a crash (kill -9) loses nothing acknowledged and repeats nothing:
+the unacknowledged batch is read again and the state it finds does not contain it. An event id already in an
+entity's state is not counted again (a duplicate, a replay), and an event older than every window of the
+entity's newest one changes nothing.
+
+Several processes share the work by partitions of the entities: ``stream_partitions`` = N, each process leases
+one partition (``rtml:lease:windows:<i>-of-<N>``), reads the stream with its partition's consumer group and
+updates only its partition's entities; spare processes wait for a lease to expire. Every entity has exactly
+one writer, and a process that lost its lease cannot commit (the lease is checked inside the transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from services.stream.consumer import Command, Effects, Entry, FenceLost, GroupConsumer
+from services.stream.events import MalformedEvent, TransactionEvent, decode, raw_row
+from services.stream.windows import STAMP_DELAY_US, EntityWindows, WindowedView, event_row, windowed_views
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+    from redis.asyncio import Redis
+
+    from services.stream.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+
+GROUP = "windows"
+STATE_PREFIX = b"rtml:windows:"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class OnlineLayout:
+    """One windowed view as Feast keeps it in Redis: the entity key, a murmur3 field per feature, ``_ts:<view>``."""
+
+    view: WindowedView
+    project: str
+    key_version: int
+    key_value: Callable[[Any], Any]
+    fields: tuple[bytes, ...]
+    ts_field: bytes
+    encoders: tuple[Callable[[Any], bytes], ...]
+    key_ttl_seconds: int | None
+
+    @classmethod
+    def of(cls, store: FeatureStore, feature_view: FeatureView, view: WindowedView) -> OnlineLayout:
+        from feast.infra.online_stores.helpers import _mmh3
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import python_values_to_proto_values
+
+        key_type = feature_view.entity_columns[0].dtype.to_value_type()
+        if key_type.name == "INT64":
+            key_value: Callable[[Any], Any] = lambda v: Value(int64_val=int(v))  # noqa: E731
+        else:
+            key_value = lambda v: python_values_to_proto_values([v], key_type)[0]  # noqa: E731
+        types = {f.name: f.dtype.to_value_type().name for f in feature_view.features}
+        values = _value_bytes()
+        encoders = tuple(values.int64 if types[f.name] == "INT64" else values.double for f in view.features)
+        config = store.config
+        return cls(
+            view=view,
+            project=config.project,
+            key_version=config.entity_key_serialization_version,
+            key_value=key_value,
+            fields=tuple(_mmh3(f"{view.name}:{f.name}") for f in view.features),
+            ts_field=f"_ts:{view.name}".encode(),
+            encoders=encoders,
+            key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
+        )
+
+    def redis_key(self, key: Any) -> bytes:
+        """Feast's key of the entity's hash (serialized entity key, then the project)."""
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+
+        entity = EntityKey(join_keys=[self.view.key], entity_values=[self.key_value(key)])
+        return _redis_key(self.project, entity, entity_key_serialization_version=self.key_version)
+
+    def write(self, redis_key: bytes, values: dict[str, Any], stamp_us: int) -> list[Command]:
+        """HSET of the view's values and timestamp, as Feast's writer leaves them (plus its key TTL, if any)."""
+        fields: list[bytes] = [self.ts_field, _timestamp_bytes(stamp_us)]
+        for feature, field, encode in zip(self.view.features, self.fields, self.encoders, strict=True):
+            fields += (field, encode(values[feature.name]))
+        commands: list[Command] = [("HSET", redis_key, *fields)]
+        if self.key_ttl_seconds:
+            commands.append(("EXPIRE", redis_key, self.key_ttl_seconds))
+        return commands
+
+
+class _ValueBytes:
+    """Feast's ``ValueProto`` bytes of int64 and double values, without a protobuf object per value.
+
+    A double is a tag byte and eight little-endian bytes: the tag is learned from Feast's serializer and checked
+    on sample values, else every value goes through Feast. Int64 bytes are memoized: counts repeat.
+    """
+
+    MEMO_LIMIT = 100_000
+
+    def __init__(self) -> None:
+        import struct
+
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        self._value = Value
+        self._pack = struct.Struct("<d").pack
+        sample = Value(double_val=1.5).SerializeToString()
+        self._double_tag = sample[:-8]
+        if any(
+            self.double(v) != Value(double_val=v).SerializeToString() for v in (1.5, 0.0, -2.25e300, 1e-300)
+        ):
+            self._double_tag = None
+        self._ints: dict[int, bytes] = {}
+
+    def double(self, value: float) -> bytes:
+        if self._double_tag is None:
+            return self._value(double_val=float(value)).SerializeToString()
+        return self._double_tag + self._pack(value)
+
+    def int64(self, value: int) -> bytes:
+        encoded = self._ints.get(value)
+        if encoded is None:
+            if len(self._ints) > self.MEMO_LIMIT:
+                self._ints.clear()
+            encoded = self._ints[value] = self._value(int64_val=int(value)).SerializeToString()
+        return encoded
+
+
+_VALUE_BYTES: _ValueBytes | None = None
+
+
+def _value_bytes() -> _ValueBytes:
+    global _VALUE_BYTES
+    if _VALUE_BYTES is None:
+        _VALUE_BYTES = _ValueBytes()
+    return _VALUE_BYTES
+
+
+def _timestamp_bytes(micros: int) -> bytes:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    seconds, remainder = divmod(micros, 1_000_000)
+    return Timestamp(seconds=seconds, nanos=remainder * 1_000).SerializeToString()
+
+
+def partition_of(view: str, key: Any, partitions: int) -> int:
+    """The partition an entity of a view belongs to (stable across processes and restarts)."""
+    return zlib.crc32(f"{view}:{key}".encode()) % partitions
+
+
+@dataclass
+class _Entity:
+    layout: OnlineLayout
+    redis_key: bytes
+    state_key: bytes
+    windows: EntityWindows
+
+
+# (event, its raw row, index of the view, the entity's key in that view)
+Target = tuple[TransactionEvent, dict[str, Any], int, Any]
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """An entity of one view whose state is not in memory: where Redis keeps it."""
+
+    view: int
+    key: Any
+    redis_key: bytes
+    state_key: bytes
+
+
+class WindowState:
+    """The processor's plain logic: events in, Redis commands out, with the window state it keeps in memory."""
+
+    def __init__(
+        self,
+        layouts: Sequence[OnlineLayout],
+        partition: int = 0,
+        partitions: int = 1,
+        cache_limit: int = 1_000_000,
+    ) -> None:
+        self.layouts = list(layouts)
+        self.partition = partition
+        self.partitions = partitions
+        self.cache_limit = cache_limit
+        self.cache: dict[tuple[int, Any], _Entity] = {}
+        self.evicted = 0
+
+    def mine(
+        self, events: Iterable[TransactionEvent]
+    ) -> list[tuple[TransactionEvent, dict[str, Any], int, Any]]:
+        """(event, raw row, view index, entity key) for each view of each event whose entity is this partition's."""
+        out = []
+        for event in events:
+            raw = raw_row(event.transaction)
+            for index, layout in enumerate(self.layouts):
+                key = raw[layout.view.key]
+                if (
+                    self.partitions == 1
+                    or partition_of(layout.view.name, key, self.partitions) == self.partition
+                ):
+                    out.append((event, raw, index, key))
+        return out
+
+    def missing(self, targets: Iterable[Target]) -> list[StateRef]:
+        """Entities of the batch whose state is not in memory: load them (``load``) before ``apply``."""
+        refs: dict[tuple[int, Any], StateRef] = {}
+        for _, _, index, key in targets:
+            if (index, key) not in self.cache and (index, key) not in refs:
+                layout = self.layouts[index]
+                redis_key = layout.redis_key(key)
+                state_key = STATE_PREFIX + layout.view.name.encode() + b":" + redis_key
+                refs[(index, key)] = StateRef(index, key, redis_key, state_key)
+        return list(refs.values())
+
+    def load(self, ref: StateRef, members: Sequence[tuple[bytes, float]]) -> None:
+        """Rebuild an entity's windows from its sorted set in Redis (``ZRANGE ... WITHSCORES``; empty if new)."""
+        layout = self.layouts[ref.view]
+        windows = EntityWindows(layout.view)
+        columns = layout.view.columns
+        for member, score in members:
+            event_id, *values = orjson.loads(member)
+            windows.add(event_id, int(score), dict(zip(columns, values, strict=True)))
+        self.cache[(ref.view, ref.key)] = _Entity(layout, ref.redis_key, ref.state_key, windows)
+
+    def apply(self, targets: Iterable[Target]) -> list[Command]:
+        """Count each event into its entities' windows; returns the state, online and expiry writes."""
+        added: dict[tuple[int, Any], tuple[_Entity, list[Any]]] = {}
+        for event, raw, index, key in targets:
+            entity = self.cache.get((index, key))
+            if entity is None:
+                raise KeyError(
+                    f"state of {self.layouts[index].view.name} {key!r} was not loaded before apply"
+                )
+            view = entity.layout.view
+            row = event_row(view, raw)
+            event_id = event.transaction.transaction_id
+            time_us = _micros(event)
+            if entity.windows.add(event_id, time_us, row):
+                member = orjson.dumps([event_id, *(row[c] for c in view.columns)])
+                added.setdefault((index, key), (entity, []))[1].extend((time_us, member))
+        commands: list[Command] = []
+        for entity, members in added.values():
+            view, windows = entity.layout.view, entity.windows
+            newest = windows.newest
+            assert newest is not None
+            commands.append(("ZADD", entity.state_key, *members))
+            commands.append(("ZREMRANGEBYSCORE", entity.state_key, "-inf", newest - view.horizon_us))
+            # Idle longer than its horizon, an entity's state says nothing any window needs.
+            commands.append(("PEXPIRE", entity.state_key, view.horizon_us // 1000 + 86_400_000))
+            commands.extend(
+                entity.layout.write(entity.redis_key, windows.features(), newest + STAMP_DELAY_US)
+            )
+        return commands
+
+    def trim(self) -> None:
+        """Keep at most ``cache_limit`` entities in memory (between batches: never one the batch needs)."""
+        excess = len(self.cache) - self.cache_limit
+        if excess > 0:
+            # Insertion order approximates recency: an evicted entity is reloaded from Redis when it comes back.
+            for key in list(self.cache)[: excess + self.cache_limit // 10]:
+                del self.cache[key]
+                self.evicted += 1
+
+    def forget(self) -> None:
+        """Drop the in-memory state (after a commit that did not happen): it is reloaded from Redis."""
+        self.cache.clear()
+
+
+def _micros(event: TransactionEvent) -> int:
+    moment = event.transaction.timestamp
+    return (moment - EPOCH) // ONE_MICROSECOND
+
+
+class WindowProcessor:
+    """A consumer-group handler around ``WindowState``: decode, load what is missing, apply."""
+
+    def __init__(self, client: Redis, state: WindowState) -> None:
+        self.client = client
+        self.state = state
+        self.processed = 0
+        self.duplicates = 0
+
+    async def handle(self, entries: list[Entry]) -> Effects:
+        effects = Effects()
+        events: list[TransactionEvent] = []
+        for entry in entries:
+            try:
+                events.append(decode(entry.id, entry.fields or {}))
+            except MalformedEvent as error:
+                effects.dead_letters.append((entry, str(error)))
+        self.state.trim()
+        targets = self.state.mine(events)
+        missing = self.state.missing(targets)
+        if missing:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for ref in missing:
+                    pipe.zrange(ref.state_key, 0, -1, withscores=True)
+                for ref, members in zip(missing, await pipe.execute(), strict=True):
+                    self.state.load(ref, members)
+        effects.commands = self.state.apply(targets)
+        self.processed += len(events)
+        return effects
+
+
+def open_layouts(settings: StreamSettings) -> list[OnlineLayout]:
+    """The windowed views of the applied Feast registry, with their Redis layouts."""
+    store = settings.feature_store()
+    feature_views = {v.name: v for v in store.list_feature_views(allow_cache=False)}
+    views = windowed_views(feature_views.values())
+    if not views:
+        raise LookupError(
+            f"the Feast registry at {settings.feast_registry} declares no windowed feature views: "
+            "apply the feature repository first (the feature pipeline does)"
+        )
+    if store.config.online_store.type != "redis":
+        raise ValueError(
+            f"the window processor writes Feast's Redis layout; online store is {store.config.online_store.type!r}"
+        )
+    return [OnlineLayout.of(store, feature_views[v.name], v) for v in views]
+
+
+class PartitionLease:
+    """A partition held by one process: ``SET NX PX`` to take it, renewed while the loop runs."""
+
+    RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+    def __init__(self, client: Redis, key: str, token: bytes, seconds: float) -> None:
+        self.client = client
+        self.key = key
+        self.token = token
+        self.ttl_ms = int(seconds * 1000)
+        self._renewed = 0.0
+
+    async def acquire(self) -> bool:
+        if await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            self._renewed = time.monotonic()
+            return True
+        return False
+
+    async def renew(self) -> bool:
+        """Extend the lease (at most every third of its length); False once another process holds it."""
+        if time.monotonic() - self._renewed < self.ttl_ms / 3000:
+            return True
+        held = await self.client.eval(self.RENEW, 1, self.key, self.token, self.ttl_ms)
+        self._renewed = time.monotonic()
+        return bool(held)
+
+    async def release(self) -> None:
+        await self.client.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1,
+            self.key,
+            self.token,
+        )
+
+
+async def acquire_partition(
+    client: Redis, settings: StreamSettings, token: bytes, stopping: asyncio.Event
+) -> tuple[int, PartitionLease] | None:
+    """Wait for a free partition and lease it (None if stopped first)."""
+    n = settings.stream_partitions
+    announced = False
+    while not stopping.is_set():
+        for partition in range(n):
+            lease = PartitionLease(
+                client,
+                f"rtml:lease:windows:{partition}-of-{n}:{settings.feast_project}",
+                token,
+                settings.stream_lease_seconds,
+            )
+            if await lease.acquire():
+                return partition, lease
+        if not announced:
+            logger.info("all %d partitions are leased: waiting as a spare", n)
+            announced = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=settings.stream_lease_seconds / 2)
+    return None
+
+
+async def serve(settings: StreamSettings) -> None:
+    """Run the processor until SIGTERM or SIGINT: lease a partition, consume, commit."""
+    import os
+    import socket
+
+    from redis.asyncio import Redis
+
+    from services.stream.health import HealthServer, stream_metrics
+
+    layouts = open_layouts(settings)
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+    token = f"{socket.gethostname()}-{os.getpid()}".encode()
+    stopping = asyncio.Event()
+    consumer: GroupConsumer | None = None
+
+    def stop() -> None:
+        stopping.set()
+        if consumer is not None:
+            consumer.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    metrics = stream_metrics("windows")
+    health = HealthServer(settings.stream_health_port, metrics)
+    health.start()
+    try:
+        acquired = await acquire_partition(client, settings, token, stopping)
+        if acquired is None:
+            return
+        partition, lease = acquired
+        n = settings.stream_partitions
+        logger.info(
+            "window processor: partition %d of %d, views %s, stream %s",
+            partition,
+            n,
+            ", ".join(layout.view.name for layout in layouts),
+            settings.stream("transactions"),
+        )
+        state = WindowState(layouts, partition, n, settings.stream_cache_entities)
+        processor = WindowProcessor(client, state)
+        consumer = GroupConsumer(
+            client,
+            [settings.stream("transactions")],
+            f"{GROUP}-{partition}-of-{n}",
+            processor.handle,
+            dead_letter_stream=settings.stream("dead-letter"),
+            batch_size=settings.stream_batch_size,
+            block_ms=settings.stream_block_ms,
+            fence=lease,
+            on_state_lost=state.forget,
+        )
+        health.watch(consumer)
+        if stopping.is_set():
+            return
+        try:
+            await consumer.run()
+        except FenceLost as error:
+            # Another process holds the partition now (this one stalled past its lease): stop writing at once.
+            logger.error("%s; exiting so that this process is restarted as a spare", error)
+            raise SystemExit(1) from None
+        await lease.release()
+        logger.info("window processor stopped after %d events", processor.processed)
+    finally:
+        health.stop()
+        await client.aclose()
+
+
+def main() -> None:
+    from services.stream.settings import get_stream_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(get_stream_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Settings of the stream processes: the platform's locations plus how they consume, from ``RTML_`` variables."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field
+
+from model_store.settings import Settings
+
+
+class StreamSettings(Settings):
+    """What the stream processes (window processor, landing writer, traffic log, stream scoring) read."""
+
+    stream_partitions: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Window processor partitions: each entity belongs to one, each partition to one process "
+        "(a lease); run at least this many processor processes.",
+    )
+    stream_batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and committed at once.")
+    stream_block_ms: int = Field(200, ge=1, description="How long a read waits for new entries.")
+    stream_lease_seconds: float = Field(
+        10.0, gt=0, description="A partition whose process stops renewing is taken over after this long."
+    )
+    stream_cache_entities: int = Field(
+        1_000_000, ge=1, description="Entities whose window state a processor keeps in memory (LRU)."
+    )
+    stream_health_port: int = Field(8081, ge=0, le=65535, description="/livez, /readyz, /metrics; 0 is off.")
+    landing_flush_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the landing writer turns the stream into raw files (sooner at 50,000 rows).",
+    )
+    traffic_flush_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How often the traffic log writes its profiles and prediction log (sooner at 50,000 rows). "
+        "Each write adds one file per hour it covers and the drift report reads them all.",
+    )
+
+
+@cache
+def get_stream_settings() -> StreamSettings:
+    return StreamSettings()

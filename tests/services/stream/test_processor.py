@@ -1,0 +1,389 @@
+"""The window processor against the real Redis: online values equal the batch computation for every entity,
+whatever the order, repetition, crashes and restarts; malformed entries go to the dead-letter stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from model_store.settings import REPO_ROOT, get_settings
+from services.scorer.transaction import Transaction
+from services.stream.consumer import GroupConsumer
+from services.stream.processor import GROUP, WindowProcessor, WindowState, open_layouts
+from services.stream.publish import publish, xadd
+from services.stream.settings import StreamSettings, get_stream_settings
+from services.stream.windows import WindowedView, compute_windows
+from tests.conftest import REDIS_URL, delete_project_keys, unique_project
+from tests.fixtures.feature_repo import declared_windowed_views
+from tests.services.conftest import RedisServer
+
+START = pd.Timestamp("2026-09-07", tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def stream_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A home whose Feast registry has the repository applied (once for the module: apply costs ~6 s)."""
+    from flows.feature_store.definitions import apply_definitions
+
+    home = tmp_path_factory.mktemp("stream") / "rtml"
+    env = {
+        "RTML_HOME": str(home),
+        "RTML_FEAST_PROJECT": unique_project("stream"),
+        "RTML_REDIS_URL": REDIS_URL,
+        "RTML_STREAM_HEALTH_PORT": "0",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        apply_definitions(get_settings())
+        get_settings.cache_clear()
+    yield env
+    delete_project_keys(env["RTML_FEAST_PROJECT"])
+
+
+@pytest.fixture
+def stream_settings(stream_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[StreamSettings]:
+    """The module's settings with an empty Redis project (each test starts from nothing)."""
+    for key, value in stream_env.items():
+        monkeypatch.setenv(key, value)
+    delete_project_keys(stream_env["RTML_FEAST_PROJECT"])
+    get_settings.cache_clear()
+    get_stream_settings.cache_clear()
+    settings = get_stream_settings()
+    settings.export_feast_env()
+    yield settings
+    get_stream_settings.cache_clear()
+
+
+def history(n: int = 3_000, seed: int = 1) -> pd.DataFrame:
+    from flows.fraud_data.generator import GeneratorConfig, generate_raw_data
+
+    data = generate_raw_data(
+        GeneratorConfig(
+            n_transactions=n,
+            n_customers=n // 20,
+            n_merchants=max(5, n // 200),
+            start=START,
+            days=20,
+            seed=seed,
+        )
+    )
+    return data.transactions.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+
+
+def as_transactions(frame: pd.DataFrame) -> list[Transaction]:
+    return [
+        Transaction.model_validate(
+            {
+                "transaction_id": r.transaction_id,
+                "customer_id": int(r.customer_id),
+                "merchant_id": int(r.merchant_id),
+                "amount": float(r.amount),
+                "timestamp": r.event_timestamp.isoformat(),
+                "channel": r.channel,
+            }
+        )
+        for r in frame.itertuples()
+    ]
+
+
+def publish_frame(settings: StreamSettings, frame: pd.DataFrame, url: str | None = None) -> int:
+    client = redis.Redis.from_url(url or settings.redis_url)
+    try:
+        return publish(
+            client, settings.stream("transactions"), as_transactions(frame), "upstream", 10_000_000
+        )
+    finally:
+        client.close()
+
+
+def drain(settings: StreamSettings, partitions: int = 1, timeout: float = 120) -> list[WindowProcessor]:
+    """Run one in-process processor per partition until every entry of the stream is acknowledged."""
+
+    async def run() -> list[WindowProcessor]:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(settings.redis_url)
+        layouts = open_layouts(settings)
+        processors, consumers = [], []
+        for partition in range(partitions):
+            state = WindowState(layouts, partition, partitions)
+            processor = WindowProcessor(client, state)
+            processors.append(processor)
+            consumers.append(
+                GroupConsumer(
+                    client,
+                    [settings.stream("transactions")],
+                    f"{GROUP}-{partition}-of-{partitions}",
+                    processor.handle,
+                    dead_letter_stream=settings.stream("dead-letter"),
+                    on_state_lost=state.forget,
+                )
+            )
+
+        async def watch() -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                if all([await group_done(client, settings, c.group) for c in consumers]):
+                    break
+            for consumer in consumers:
+                consumer.stop()
+
+        await asyncio.gather(watch(), *(c.run() for c in consumers))
+        await client.aclose()
+        return processors
+
+    return asyncio.run(run())
+
+
+async def group_done(client, settings: StreamSettings, group: str) -> bool:
+    stream = settings.stream("transactions")
+    last = (await client.xinfo_stream(stream))["last-generated-id"]
+    for info in await client.xinfo_groups(stream):
+        if info["name"].decode() == group:
+            return info["last-delivered-id"] == last and info["pending"] == 0
+    return False
+
+
+def expected_latest(frame: pd.DataFrame, view: WindowedView) -> pd.DataFrame:
+    """What the batch pipeline materializes: each entity's row of its newest transaction."""
+    return compute_windows(view, frame).groupby(view.key).tail(1).set_index(view.key)
+
+
+def assert_online_equals_batch(settings: StreamSettings, frame: pd.DataFrame) -> None:
+    """Every entity's online values of each windowed view, read through Feast, equal the batch's newest row."""
+    store = settings.feature_store()
+    for view in declared_windowed_views().values():
+        expected = expected_latest(frame, view)
+        names = [f.name for f in view.features]
+        online = (
+            store.get_online_features(
+                features=[f"{view.name}:{name}" for name in names],
+                entity_rows=[{view.key: int(k)} for k in expected.index],
+            )
+            .to_df()
+            .set_index(view.key)
+        )
+        for name in names:
+            mismatched = (online[name].to_numpy() != expected[name].to_numpy()).sum()
+            assert mismatched == 0, f"{view.name}.{name}: {mismatched} of {len(expected)} entities differ"
+
+
+def test_online_values_equal_the_batch_for_every_entity_and_replays_change_nothing(
+    stream_settings: StreamSettings,
+) -> None:
+    frame = history()
+    publish_frame(stream_settings, frame)
+    drain(stream_settings)
+    assert_online_equals_batch(stream_settings, frame)
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    state_before = {key: client.zcard(key) for key in client.scan_iter(match=b"rtml:windows:*")}
+    # The same transactions again, some twice: a producer's retries, an operator's replay.
+    publish_frame(stream_settings, pd.concat([frame, frame.sample(500, random_state=1)]))
+    processors = drain(stream_settings)
+    assert processors[0].processed == len(frame) + 500
+    assert_online_equals_batch(stream_settings, frame)
+    assert {key: client.zcard(key) for key in client.scan_iter(match=b"rtml:windows:*")} == state_before
+    # State holds at most each entity's horizon: the customers' 7 days, the merchants' day.
+    views = declared_windowed_views()
+    newest = frame["event_timestamp"].max()
+    for key, size in state_before.items():
+        view = views["customer_activity" if b":customer_activity:" in key else "merchant_activity"]
+        assert size <= (frame["event_timestamp"] > newest - view.horizon - pd.Timedelta("20D")).sum()
+    client.close()
+
+
+def test_late_and_out_of_order_events_end_where_the_batch_does(stream_settings: StreamSettings) -> None:
+    frame = history(seed=2)
+    shuffled = frame.sample(frac=1.0, random_state=3)
+    # Mostly in order with local disorder, as concurrent producers publish; plus a block of stragglers hours late.
+    blocks = [shuffled.iloc[i : i + 300].sort_values("event_timestamp") for i in range(0, len(frame), 300)]
+    publish_frame(stream_settings, pd.concat(blocks))
+    drain(stream_settings)
+    assert_online_equals_batch(stream_settings, frame)
+
+
+def test_two_partitions_share_the_work(stream_settings: StreamSettings) -> None:
+    frame = history(seed=4)
+    publish_frame(stream_settings, frame)
+    processors = drain(stream_settings, partitions=2)
+    assert_online_equals_batch(stream_settings, frame)
+    touched = [len(p.state.cache) for p in processors]
+    assert all(touched) and sum(touched) == frame["customer_id"].nunique() + frame["merchant_id"].nunique()
+
+
+def test_malformed_entries_go_to_the_dead_letter_stream_and_the_rest_is_processed(
+    stream_settings: StreamSettings,
+) -> None:
+    frame = history(n=400, seed=5)
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    stream = stream_settings.stream("transactions")
+    future = (pd.Timestamp.now(tz="UTC") + pd.Timedelta("2D")).isoformat()
+    bad = {
+        b"schema: 'transaction.v0'": {
+            b"schema": b"transaction.v0",
+            b"source": b"upstream",
+            b"transaction": b"{}",
+        },
+        b"transaction: field missing": {b"schema": b"transaction.v1", b"source": b"upstream"},
+        b"transaction: body: Invalid JSON": {
+            b"schema": b"transaction.v1",
+            b"source": b"upstream",
+            b"transaction": b"{",
+        },
+        b"amount: Input should be greater than 0": {
+            b"schema": b"transaction.v1",
+            b"source": b"upstream",
+            b"transaction": b'{"transaction_id":"x","customer_id":1,"merchant_id":1,"amount":-3,'
+            b'"timestamp":"2026-09-10T00:00:00Z","channel":"online"}',
+        },
+        b"timestamp: Value error, is more than": {
+            b"schema": b"transaction.v1",
+            b"source": b"upstream",
+            b"transaction": b'{"transaction_id":"y","customer_id":1,"merchant_id":1,"amount":3,'
+            b'"timestamp":"' + future.encode() + b'","channel":"online"}',
+        },
+    }
+    publish_frame(stream_settings, frame.iloc[:200])
+    for fields in bad.values():
+        client.execute_command(*xadd(stream, fields, 10_000_000))
+    publish_frame(stream_settings, frame.iloc[200:])
+    drain(stream_settings)
+    assert_online_equals_batch(stream_settings, frame)
+    letters = client.xrange(stream_settings.stream("dead-letter"))
+    assert len(letters) == len(bad)
+    for (_, fields), reason in zip(letters, bad, strict=True):
+        assert reason in fields[b"reason"], fields[b"reason"]
+        assert fields[b"stream"] == stream.encode() and fields[b"group"] == f"{GROUP}-0-of-1".encode()
+    client.close()
+
+
+def processor_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.stream.processor"],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def acknowledged(url: str, settings: StreamSettings) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        for info in client.xinfo_groups(settings.stream("transactions")):
+            if info["name"].decode() == f"{GROUP}-0-of-1":
+                return (info["entries-read"] or 0) - info["pending"]
+        return 0
+    except redis.ResponseError:
+        return 0
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_killed_with_sigkill_it_resumes_and_counts_each_transaction_once(
+    stream_settings: StreamSettings, stream_env: dict[str, str], tmp_path: Path
+) -> None:
+    frame = history(n=20_000, seed=6)
+    publish_frame(stream_settings, frame)
+    env = {**stream_env, "RTML_STREAM_LEASE_SECONDS": "1", "RTML_STREAM_BATCH_SIZE": "500"}
+    log = tmp_path / "processor.log"
+    for kill in range(3):
+        process = processor_process(env, log)
+        target = (kill + 1) * len(frame) // 4
+        wait_for(
+            lambda t=target: acknowledged(REDIS_URL, stream_settings) >= t, 120, f"{target} acknowledged"
+        )
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    process = processor_process(env, log)  # the lease of the killed one expires within a second
+    try:
+        wait_for(lambda: acknowledged(REDIS_URL, stream_settings) >= len(frame), 120, "the whole stream")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, log.read_text()[-3000:]
+    assert_online_equals_batch(stream_settings, frame)
+
+
+@pytest.mark.slow
+def test_a_redis_restart_mid_stream_is_survived(
+    stream_settings: StreamSettings,
+    stream_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis with its append-only file restarted while the processor works: no restart of ours, same result."""
+    server = RedisServer(tmp_path, appendonly=True)
+    server.start()
+    try:
+        monkeypatch.setenv("RTML_REDIS_URL", server.url)
+        get_stream_settings.cache_clear()
+        settings = get_stream_settings()
+        settings.export_feast_env()
+        frame = history(n=20_000, seed=7)
+        publish_frame(settings, frame, server.url)
+        env = {**stream_env, "RTML_REDIS_URL": server.url, "RTML_STREAM_BATCH_SIZE": "500"}
+        log = tmp_path / "processor.log"
+        process = processor_process(env, log)
+        try:
+            wait_for(
+                lambda: acknowledged(server.url, settings) >= len(frame) // 3, 120, "a third acknowledged"
+            )
+            server.kill()
+            time.sleep(1.0)
+            server.start()
+            wait_for(lambda: acknowledged(server.url, settings) >= len(frame), 120, "the whole stream")
+            assert process.poll() is None, "the processor must survive the outage without a restart"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0, log.read_text()[-3000:]
+        assert "Redis unreachable" in log.read_text()
+        assert_online_equals_batch(settings, frame)
+    finally:
+        server.stop()
+
+
+def test_a_standby_process_takes_over_an_expired_lease(stream_settings: StreamSettings) -> None:
+    """Two processes, one partition: the second waits; it gets the partition once the first is gone."""
+    from services.stream.processor import acquire_partition
+
+    async def run() -> tuple[int | None, int | None]:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(stream_settings.redis_url)
+        settings = stream_settings.model_copy(update={"stream_lease_seconds": 0.5})
+        stopping = asyncio.Event()
+        first = await acquire_partition(client, settings, b"first", stopping)
+        waiting = asyncio.create_task(acquire_partition(client, settings, b"second", stopping))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "the partition is held: the second must wait"
+        second = await asyncio.wait_for(waiting, 5)  # the first never renews: its lease expires
+        assert first is not None and second is not None
+        # The first learns it lost the partition (its commits are fenced by the same check).
+        assert not await first[1].renew()
+        await client.aclose()
+        return first[0], second[0]
+
+    assert asyncio.run(run()) == (0, 0)
