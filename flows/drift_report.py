@@ -34,6 +34,7 @@ from flows.monitoring.report import (
 )
 from flows.monitoring.triggers import AlertLedger, TriggerSettings, collect_alerts, dispatch_alerts
 from flows.monitoring.whylogs_backend import WhylogsBackend
+from flows.settings import get_flow_settings
 from model_store.profiles import ProfileStore, window_bounds
 from model_store.settings import get_settings
 
@@ -113,7 +114,7 @@ def publish_report(
     paths = report_paths(settings.report_store, model.name, now)
     ledger = AlertLedger(settings.report_store / model.name / LEDGER_NAME)
     # A webhook configured for the platform (RTML_ALERT_WEBHOOK_URL) serves every run.
-    if triggers.webhook_url is None and (url := settings.alert_webhook_url):
+    if triggers.webhook_url is None and (url := get_flow_settings().alert_webhook_url):
         triggers = triggers.model_copy(update={"webhook_url": url})
     alerts = collect_alerts(drift, performance, model.name, model.version)
     outcomes = dispatch_alerts(alerts, ledger, triggers, now, paths.links())

@@ -26,7 +26,8 @@ from flows.fraud_data.features import (
     risk_snapshots,
 )
 from flows.fraud_data.schema import customers_schema, merchants_schema, transactions_schema
-from model_store.settings import Settings, get_settings
+from flows.settings import get_flow_settings
+from model_store.settings import Settings
 from services.stream.windows import WindowedView, compute_windows, windowed_views
 
 
@@ -285,7 +286,7 @@ def record_ingested(settings: Settings, ingested: IngestedBatches) -> None:
 def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, int]:
     """Ingest and validate raw data, compute features, write the offline store and materialize to the online store."""
     params = params or FeaturePipelineParams()
-    settings = get_settings()
+    settings = get_flow_settings()
     max_invalid = (
         settings.max_invalid_fraction if params.max_invalid_fraction is None else params.max_invalid_fraction
     )

@@ -191,9 +191,12 @@ class ProfileStore:
     def predictions_dir(self) -> Path:
         return self.base / "predictions"
 
-    def write_window(self, view: DatasetProfileView, window_start: datetime) -> Path:
-        """Add a profile to the hour holding ``window_start``; returns the file written."""
-        path = self.serving_dir / hour_floor(window_start).strftime(HOUR_FORMAT) / f"{uuid.uuid4().hex}.bin"
+    def write_window(self, view: DatasetProfileView, window_start: datetime, name: str | None = None) -> Path:
+        """Add a profile to the hour holding ``window_start``; returns the file written.
+
+        ``name`` makes the write idempotent (the same name replaces the same file); by default a new one.
+        """
+        path = self._path(self.serving_dir, window_start, name, ".bin")
         _write_atomically(path, view.serialize())
         return path
 
@@ -209,20 +212,35 @@ class ProfileStore:
             merged = view if merged is None else merged.merge(view)
         return merged
 
-    def write_predictions(self, predictions: pd.DataFrame, window_start: datetime) -> Path:
-        """Add a batch of logged predictions to the hour holding ``window_start``; returns the file written."""
+    def write_predictions(
+        self, predictions: pd.DataFrame, window_start: datetime, name: str | None = None
+    ) -> Path:
+        """Add a batch of logged predictions to the hour holding ``window_start``; returns the file written
+        (``name`` as for ``write_window``)."""
         missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
         if missing:
             raise ValueError(f"predictions lack column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
         frame = predictions.loc[:, list(PREDICTION_COLUMNS)].copy()
         frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-        path = (
-            self.predictions_dir
-            / hour_floor(window_start).strftime(HOUR_FORMAT)
-            / f"{uuid.uuid4().hex}.parquet"
-        )
+        path = self._path(self.predictions_dir, window_start, name, ".parquet")
         _write_atomically(path, frame.to_parquet(index=False))
         return path
+
+    def prediction_files(self, window_start: datetime) -> list[str]:
+        """Names (without suffix) of the prediction logs of the hour holding ``window_start``."""
+        folder = self.predictions_dir / hour_floor(window_start).strftime(HOUR_FORMAT)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.stem for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")
+        )
+
+    def _path(self, kind_dir: Path, window_start: datetime, name: str | None, suffix: str) -> Path:
+        if name is not None and (not name or "/" in name or name.startswith(".")):
+            raise ValueError(f"file name {name!r} must be plain and not hidden")
+        return (
+            kind_dir / hour_floor(window_start).strftime(HOUR_FORMAT) / f"{name or uuid.uuid4().hex}{suffix}"
+        )
 
     def read_predictions(self, start: datetime, end: datetime) -> pd.DataFrame:
         """Every prediction logged in the hours starting in ``[start, end)`` (an empty frame when none)."""

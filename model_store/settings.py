@@ -8,12 +8,13 @@ overridable with an ``RTML_``-prefixed environment variable, and the libraries' 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -46,25 +47,6 @@ class Settings(BaseSettings):
     report_store: Path | None = Field(None, description="Drift reports (HTML and JSON).")
     model_name: str = "fraud_scorer"
     feature_service: str = "fraud_scorer_v1"
-    max_invalid_fraction: float = Field(0.05, ge=0, le=1, description="Share of bad rows that fails a batch.")
-    max_batch_size: int = Field(1000, gt=0, description="Largest list /score_batch accepts.")
-    api_key: SecretStr | None = Field(None, description="When set, requests must send it as X-API-Key.")
-    traffic_log: bool = Field(
-        True,
-        description="Profile and log every scored row for the drift flows (off only to measure its cost, or where "
-        "another system logs predictions).",
-    )
-    # Each write adds one profile file per hour it covers; the drift report reads them all. A 24 h window of
-    # one worker at 50 requests/s: 2,880 files read in 28 s at 30 s, 288 files in 3 s at 300 s (bench_drift).
-    traffic_flush_seconds: float = Field(
-        300.0,
-        gt=0,
-        description="How often the service writes its traffic profiles and prediction log (sooner at 50,000 rows;"
-        " all of it at shutdown).",
-    )
-    alert_webhook_url: SecretStr | None = Field(
-        None, description="Drift/decay alerts are POSTed here as JSON."
-    )
     stream_max_length: int = Field(
         2_000_000,
         ge=1_000,
@@ -157,9 +139,26 @@ class Settings(BaseSettings):
         return FeatureStore(repo_path=str(self.feast_repo_path), fs_yaml_file=self.feast_yaml)
 
 
-@cache
-def get_settings() -> Settings:
-    return Settings()
+_CACHED: list = []
+
+
+S = TypeVar("S", bound="Settings")
+
+
+def cached_settings(make: type[S]) -> Callable[[], S]:
+    """A deployable's ``get_*_settings()``: built once per process from the environment (see ``clear_settings``)."""
+    getter = cache(make)
+    _CACHED.append(getter)
+    return getter
+
+
+def clear_settings() -> None:
+    """Forget every deployable's settings: the next call reads the environment again (tests change it)."""
+    for getter in _CACHED:
+        getter.cache_clear()
+
+
+get_settings = cached_settings(Settings)
 
 
 if __name__ == "__main__":

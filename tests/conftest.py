@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings
 
 # Fixture modules owned by each stage; a module provides the fixtures its stage's outputs feed.
 pytest_plugins = [
@@ -46,7 +46,7 @@ def make_settings(home: Path, monkeypatch: pytest.MonkeyPatch, **overrides: obje
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     (home / "mlflow").mkdir(parents=True, exist_ok=True)
-    get_settings.cache_clear()
+    clear_settings()
     settings = get_settings()
     settings.export_feast_env()
     return settings
@@ -60,7 +60,7 @@ def _isolated_rtml_environment() -> Iterator[None]:
     for key in [k for k in os.environ if k.startswith("RTML_") and k not in before]:
         del os.environ[key]
     os.environ.update(before)
-    get_settings.cache_clear()
+    clear_settings()
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     s = make_settings(tmp_path / "rtml", monkeypatch)
     yield s
     delete_project_keys(s.feast_project)
-    get_settings.cache_clear()
+    clear_settings()
 
 
 def delete_project_keys(project: str, url: str = REDIS_URL) -> None:

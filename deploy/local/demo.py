@@ -29,7 +29,7 @@ import pandas as pd
 
 from deploy.local import servers
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -108,7 +108,7 @@ def ensure_online_store(settings: Settings) -> Settings:
             " (set RTML_REDIS_URL or start redis-server to use Redis)."
         )
         os.environ["RTML_ONLINE_STORE"] = "sqlite"
-        get_settings.cache_clear()
+        clear_settings()
         return get_settings()
 
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.packed_commands import send
+
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView, OnDemandFeatureView
     from feast.value_type import ValueType
@@ -441,7 +443,7 @@ class RedisFeatureReader:
         self._client: Redis | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
-    def _redis(self) -> Redis:
+    def client(self) -> Redis:
         """The client of the running event loop: redis.asyncio connections belong to the loop that opened them."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
@@ -457,7 +459,7 @@ class RedisFeatureReader:
                 # No per-read socket timeout: it arms a timer per reply (1,000 in a batch); one deadline
                 # bounds the whole pipeline instead (see read), and a cancelled read drops its connection.
                 socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
-                # One immediate retry (for the readiness ping; reads retry in _send_pipelined) reconnects a
+                # One immediate retry (for the readiness ping; reads retry in packed_commands.send) reconnects a
                 # pooled connection Redis dropped (a restart); more would only delay the 503 while Redis is down.
                 retry=Retry(NoBackoff(), 1),
             )
@@ -480,10 +482,12 @@ class RedisFeatureReader:
             reads.append((entity, commands, positions))
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
-                replies = await self._send_pipelined([c for _, commands, _ in reads for c in commands])
+                replies = await send(
+                    self.client().connection_pool, [c for _, commands, _ in reads for c in commands]
+                )
         except (ConnectionError, RedisTimeoutError, OSError, TimeoutError) as error:
             reason = str(error) or f"no answer within {REDIS_TIMEOUT_SECONDS}s"
-            raise OnlineStoreUnavailable(f"Redis online store did not answer: {reason}") from error
+            raise OnlineStoreUnavailable(f"online feature store unavailable: Redis did not answer: {reason}") from error
 
         columns: dict[str, list[Any]] = {k: list(rows[k]) for k in rows}
         view_times: dict[str, list[float | None]] = {}
@@ -540,33 +544,6 @@ class RedisFeatureReader:
         entity_key = self._entity_key(join_keys=list(entity.join_keys), entity_values=protos)
         return self._redis_key(self.plan.project, entity_key, self._key_version)
 
-    async def _send_pipelined(self, commands: list[bytes]) -> list[Any]:
-        """Send packed commands in one write on a pooled connection and read every reply.
-
-        redis-py's pipeline object adds bookkeeping and response callbacks per command: for the 2,000 HMGETs
-        of a 1,000-row batch that was a third of the read. A pooled connection that Redis dropped (a restart)
-        is replaced once; the connection's own methods disconnect it on any failure or cancellation, so it is
-        never reused with unread replies.
-        """
-        from redis.exceptions import ConnectionError
-
-        try:
-            return await self._send_once(commands)
-        except ConnectionError:
-            return await self._send_once(commands)  # on a fresh connection
-
-    async def _send_once(self, commands: list[bytes]) -> list[Any]:
-        pool = self._redis().connection_pool
-        connection = await pool.get_connection()
-        try:
-            await connection.send_packed_command(commands, check_health=False)
-            return [await connection.read_response() for _ in commands]
-        except BaseException:
-            await connection.disconnect(nowait=True)  # a reply error leaves the others unread
-            raise
-        finally:
-            await pool.release(connection)
-
     def _seconds(self, raw: bytes) -> float:
         """A view's ``_ts`` field (a protobuf Timestamp, as Feast writes it) in epoch seconds."""
         ts = self._timestamp_from(raw)
@@ -576,7 +553,7 @@ class RedisFeatureReader:
         """Whether Redis answers now (readiness)."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
-                return bool(await self._redis().ping())
+                return bool(await self.client().ping())
         except Exception as error:  # any failure means "not ready", reported rather than raised
             logger.warning("Redis online store is not reachable: %s", error)
             return False
@@ -618,7 +595,7 @@ class SdkFeatureReader:
             response = self._store.get_online_features(features=self._service, entity_rows=dict(rows))
         except Exception as error:
             if _is_connection_error(error):
-                raise OnlineStoreUnavailable(f"online store did not answer: {error}") from error
+                raise OnlineStoreUnavailable(f"online feature store unavailable: {error}") from error
             raise
         raw = response.to_dict(include_event_timestamps=True)
         columns = {k: v for k, v in raw.items() if not k.endswith(TIMESTAMP_POSTFIX)}

@@ -1,7 +1,9 @@
-"""Scoring a list of requests: online features, the model, the answer, metrics and the traffic log.
+"""Scoring a list of requests: online features, the model, the answer, metrics and the decision record.
 
 Generic over the domain: ``services/scorer/transaction.py`` turns requests into Feast rows; everything here
-works from the feature service and the model contract.
+works from the feature service and the model contract. Every decision is published to the transactions stream
+(``services/stream/events.py``) before its answer is returned: the stream is the durable decision record, from
+which the traffic log, the landing zone and the window processor work.
 """
 
 from __future__ import annotations
@@ -9,19 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from services.scorer import transaction
-from services.scorer.traffic_log import ScoredBatch
+from services.scorer.online_features import OnlineStoreUnavailable
+from services.stream.events import decision_json, encode, transaction_json
+from services.stream.publish import xadd
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from services.scorer.metrics import ScorerMetrics
     from services.scorer.model import ServingModel
     from services.scorer.online_features import FeatureReader
-    from services.scorer.traffic_log import TrafficLog
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,46 @@ class FeaturesMismatch(RuntimeError):
     """The model reads features its feature service does not provide."""
 
 
+@dataclass
+class Decided:
+    """Answers for a list of requests, and their decision records (stream entry fields) to publish."""
+
+    results: list[dict[str, Any]]
+    records: list[dict[bytes, bytes]]
+
+
+class DecisionPublisher:
+    """Publishes decision records to the transactions stream in one round trip (awaited before answering)."""
+
+    TIMEOUT_SECONDS = 1.0
+
+    def __init__(
+        self, client: Callable[[], Redis], stream: str, max_length: int, source: str = "scorer"
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.max_length = max_length
+        self.source = source
+
+    async def publish(self, records: Sequence[dict[bytes, bytes]]) -> None:
+        """XADD every record; ``OnlineStoreUnavailable`` when Redis does not take them (the caller answers 503)."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        from services.packed_commands import send
+
+        try:
+            async with asyncio.timeout(self.TIMEOUT_SECONDS):
+                await send(
+                    self.client().connection_pool, [xadd(self.stream, r, self.max_length) for r in records]
+                )
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as error:
+            reason = str(error) or f"no answer within {self.TIMEOUT_SECONDS}s"
+            raise OnlineStoreUnavailable(
+                f"decision record unavailable: {self.stream} did not take the decisions: {reason}"
+            ) from error
+
+
 class OnlineScoring:
     """Scores requests end to end; the service's endpoints are thin wrappers around ``score``."""
 
@@ -57,7 +104,7 @@ class OnlineScoring:
         reader: FeatureReader,
         model: ServingModel,
         metrics: ScorerMetrics,
-        traffic_log: TrafficLog | None,
+        publisher: DecisionPublisher | None,
     ) -> None:
         absent = [name for name in model.features if name not in reader.plan.output_names]
         if absent:
@@ -69,11 +116,21 @@ class OnlineScoring:
         self.reader = reader
         self.model = model
         self.metrics = metrics
-        self.traffic_log = traffic_log
+        self.publisher = publisher
         self._model_features = frozenset(model.features)
 
     async def score(self, requests: Sequence[transaction.Transaction]) -> list[dict[str, Any]]:
-        """One answer per request, in order. Raises ``OnlineStoreUnavailable`` when the store is down."""
+        """One answer per request, in order, each decision recorded in the stream first.
+
+        Raises ``OnlineStoreUnavailable`` when the online store or the decision record does not answer.
+        """
+        decided = await self.decide(requests, record=self.publisher is not None)
+        if self.publisher is not None:
+            await self.publisher.publish(decided.records)
+        return decided.results
+
+    async def decide(self, requests: Sequence[transaction.Transaction], record: bool = True) -> Decided:
+        """Answers and (with ``record``) decision records; publishing them is the caller's, before answering."""
         rows = transaction.feature_rows(requests)
         times = transaction.event_times(requests)
         ids = transaction.request_ids(requests)
@@ -89,12 +146,8 @@ class OnlineScoring:
         self.metrics.observe_scores(probabilities)
         if any(missing):
             self.metrics.observe_missing(missing)
-        if self.traffic_log is not None:
-            self.traffic_log.record(
-                ScoredBatch(features.columns, probabilities, decisions, ids, times, self.model.version)
-            )
         name, version, threshold = self.model.name, self.model.version, self.model.threshold
-        return [
+        results = [
             {
                 "transaction_id": ids[i],
                 "fraud_probability": probabilities[i],
@@ -108,6 +161,18 @@ class OnlineScoring:
             }
             for i in range(len(ids))
         ]
+        records: list[dict[bytes, bytes]] = []
+        if record:
+            source = self.publisher.source if self.publisher is not None else "scorer"
+            scored_at = datetime.now(UTC)
+            inputs = self.model.model_input(features.columns)
+            names = list(inputs)
+            # Numbers as floats (NaN is written as null), categories as text: what the model received.
+            columns = [v.tolist() if hasattr(v, "tolist") else v for v in inputs.values()]
+            for request, result, values in zip(requests, results, zip(*columns, strict=True), strict=True):
+                decision = decision_json(result, scored_at, dict(zip(names, values, strict=True)))
+                records.append(encode(transaction_json(request), source, decision))
+        return Decided(results, records)
 
 
 class CoalescingScorer:

@@ -6,7 +6,7 @@ the ``build_service`` flow builds. The endpoints are a small Starlette app mount
 pydantic JSON schemas per request) and keeps BentoML's probes, metrics and packaging. After start-up
 (``tune_interpreter``) the heap is frozen and the collector's thresholds raised: full collections of the
 start-up objects otherwise stall every in-flight request for 200-300 ms. The GIL switch interval drops from
-5 ms to 0.5 ms: the traffic log's shipping thread otherwise held the event loop for 5-12 ms twice a second.
+5 ms to 0.5 ms: a background thread otherwise holds the event loop for up to 5 ms at each switch.
 
 Errors are JSON ``{"error": ..., "details": [{"field": ..., "reason": ...}]}``: 400 for a body that is not
 JSON, 422 for a request that breaks the schema, 413 for an oversized body or batch, 401 for a missing or
@@ -31,8 +31,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from model_store.settings import get_settings
 from services.scorer.online_features import OnlineStoreUnavailable
+from services.scorer.settings import get_service_settings
 from services.scorer.transaction import BATCH_TOO_LARGE, Transaction, TransactionBatch
 
 logger = logging.getLogger(__name__)
@@ -164,14 +164,12 @@ class OnlineScorer:
     """Scores card transactions with the registry's champion and Feast online features."""
 
     def __init__(self) -> None:
-        from model_store.profiles import ProfileStore
         from services.scorer.metrics import scorer_metrics
         from services.scorer.model import load_serving_model
-        from services.scorer.online_features import open_feature_reader
-        from services.scorer.scoring import CoalescingScorer, OnlineScoring
-        from services.scorer.traffic_log import TrafficLog
+        from services.scorer.online_features import RedisFeatureReader, open_feature_reader
+        from services.scorer.scoring import CoalescingScorer, DecisionPublisher, OnlineScoring
 
-        settings = get_settings()
+        settings = get_service_settings()
         self.max_batch_size = settings.max_batch_size
         self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         model = load_serving_model(settings, in_bento=OnlineScorer.bento is not None)
@@ -186,26 +184,25 @@ class OnlineScorer:
         reader = open_feature_reader(settings, model.contract.feature_service)
         metrics = scorer_metrics()
         metrics.set_model(model.name, model.version)
-        traffic_log = None
-        if settings.traffic_log:
-            # whylogs runs in a child process: profiling 10,000 rows holds a GIL for 0.3 s, requests need it.
-            traffic_log = TrafficLog(
-                ProfileStore(settings.profile_store, settings.model_name),
-                model.features,
-                model.model_input,
-                flush_seconds=settings.traffic_flush_seconds,
-                writer_process=True,
+        publisher = None
+        if not settings.publish_decisions:
+            logger.warning(
+                "decisions are not published (RTML_PUBLISH_DECISIONS=false): no decision record, no traffic log"
+            )
+        elif not isinstance(reader, RedisFeatureReader):
+            logger.warning(
+                "online store %r is not Redis: decisions are not recorded in a stream, the traffic log gets none",
+                settings.online_store,
             )
         else:
-            logger.warning(
-                "traffic log off (RTML_TRAFFIC_LOG=false): the drift flows get no serving profiles"
+            # The decision record lives on the online store's Redis, next to the features it was made with.
+            publisher = DecisionPublisher(
+                reader.client, settings.stream("transactions"), settings.stream_max_length
             )
-        self.scoring = OnlineScoring(reader, model, metrics, traffic_log)
+        self.scoring = OnlineScoring(reader, model, metrics, publisher)
         self.coalescer = CoalescingScorer(self.scoring)
         # Pay CatBoost's first-call costs now rather than on the first request.
         model.predict({name: [None] for name in model.features})
-        if traffic_log is not None:
-            traffic_log.start()
         self._interpreter_defaults: tuple[tuple[int, int, int], float] | None = None
 
     @bentoml.on_startup
@@ -215,11 +212,7 @@ class OnlineScorer:
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        """Write the buffered traffic log and close connections (BentoML's shutdown hook)."""
-        import asyncio
-
-        if self.scoring.traffic_log is not None:
-            await asyncio.to_thread(self.scoring.traffic_log.close)
+        """Close connections (BentoML's shutdown hook); every answered decision is in the stream already."""
         await self.scoring.reader.close()
         if self._interpreter_defaults is not None:
             thresholds, switch_interval = self._interpreter_defaults
@@ -247,6 +240,6 @@ class OnlineScorer:
         return None
 
     def unavailable(self, error: OnlineStoreUnavailable) -> Response:
-        """503 while the online store is down: a clear answer, and a hint to retry shortly."""
+        """503 while the online store (or the decision record on it) is down: what is down, and retry shortly."""
         logger.warning("answering 503: %s", error)
-        return error_response(503, f"online feature store unavailable: {error}", headers={"Retry-After": "1"})
+        return error_response(503, str(error), headers={"Retry-After": "1"})

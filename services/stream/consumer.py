@@ -29,17 +29,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.packed_commands import Command, TransactionAborted, send_transaction
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 5.0
 LAG_CHECK_SECONDS = 2.0
-Command = tuple[Any, ...]
 
 
 class Fence(Protocol):
@@ -63,10 +63,12 @@ class Entry:
 
 @dataclass
 class Effects:
-    """What a handler wants done for a batch: Redis commands, and entries it refuses (with the reason)."""
+    """What a handler wants done for a batch: Redis commands, entries it refuses (with the reason), and which
+    entries to acknowledge now (``None``: the whole batch; a handler that buffers acknowledges later)."""
 
     commands: list[Command] = field(default_factory=list)
     dead_letters: list[tuple[Entry, str]] = field(default_factory=list)
+    ack: list[Entry] | None = None
 
 
 Handler = Callable[[list[Entry]], Awaitable[Effects]]
@@ -116,7 +118,7 @@ class GroupConsumer:
         self.on_state_lost = on_state_lost
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
-        self._pending_done: set[str] = set()
+        self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
         self._claimed = False
         self._lag_checked = 0.0
         # Entries another member read and never acknowledged are taken over once idle this long: at once
@@ -141,7 +143,7 @@ class GroupConsumer:
                 if not groups_ready:
                     await self.ensure_groups()
                     groups_ready = True
-                if self._pending_done != set(self.streams) and not self._claimed:
+                if not self._claimed:
                     await self.claim_pending()
                 if self.fence is not None and not await self.fence.renew():
                     raise FenceLost(f"lease {self.fence.key} is held by another process")
@@ -157,7 +159,7 @@ class GroupConsumer:
                 self.stats.errors += 1
                 # Redis may come back without the last second of what we wrote (it restarted from its
                 # append-only file): re-read what is pending and let the handler reload its state.
-                self._pending_done.clear()
+                self._pending_from = dict.fromkeys(self.streams, "0")
                 self._claimed = False
                 if self.on_state_lost is not None:
                     self.on_state_lost()
@@ -175,7 +177,7 @@ class GroupConsumer:
                 # Redis lost the group (restarted without persistence): make it again, from the stream's start.
                 logger.warning("%s: consumer group missing (%s); creating it again", self.group, error)
                 groups_ready = False
-                self._pending_done.clear()
+                self._pending_from = dict.fromkeys(self.streams, "0")
 
     async def claim_pending(self) -> None:
         """Take over entries a previous member of the group read and never acknowledged (it crashed)."""
@@ -222,16 +224,19 @@ class GroupConsumer:
                     raise
 
     async def read(self) -> list[Entry]:
-        """Entries left pending by an earlier run of this consumer first, then new ones."""
-        pending = [s for s in self.streams if s not in self._pending_done]
-        if pending:
+        """Entries delivered to this consumer earlier and not acknowledged (a crash, or a handler that buffers)
+        first, in order, then new ones."""
+        if self._pending_from:
             reply = await self.client.xreadgroup(
-                self.group, self.name, dict.fromkeys(pending, "0"), count=self.batch_size
+                self.group, self.name, dict(self._pending_from), count=self.batch_size
             )
             entries = _entries(reply)
-            for stream in pending:
-                if not any(e.stream == stream for e in entries):
-                    self._pending_done.add(stream)
+            for stream in list(self._pending_from):
+                mine = [e.id for e in entries if e.stream == stream]
+                if mine:
+                    self._pending_from[stream] = mine[-1]
+                else:
+                    del self._pending_from[stream]
             if entries:
                 return entries
         reply = await self.client.xreadgroup(
@@ -286,8 +291,11 @@ class GroupConsumer:
                     *(item for pair in (entry.fields or {}).items() for item in pair),
                 )
             )
+        acknowledged = (
+            entries if effects.ack is None else [*effects.ack, *(e for e, _ in effects.dead_letters)]
+        )
         by_stream: dict[str, list[bytes]] = {}
-        for entry in entries:
+        for entry in acknowledged:
             by_stream.setdefault(entry.stream, []).append(entry.id)
         for stream, ids in by_stream.items():
             commands.append(("XACK", stream, self.group, *ids))
@@ -305,50 +313,13 @@ class FenceLost(RuntimeError):
 async def execute_atomically(
     client: Redis, commands: Sequence[Command], fence: Fence | None = None
 ) -> list[Any]:
-    """Run ``commands`` as one transaction on a pooled connection, packed by hiredis in one write.
-
-    redis-py's pipeline spends ~10 us of Python per command; a batch of a thousand events writes several
-    thousand. With a fence, its key is watched and its value checked first; a change aborts the transaction
-    (``FenceLost``). Raises the first command error Redis reports (the transaction then did nothing).
-    """
-    pool = client.connection_pool
-    connection = await pool.get_connection()
+    """Run ``commands`` as one transaction (one write, packed by hiredis); with a fence, only while it holds."""
     try:
-        if fence is not None:
-            await connection.send_packed_command(
-                [hiredis.pack_command(("WATCH", fence.key)), hiredis.pack_command(("GET", fence.key))]
-            )
-            await connection.read_response()
-            holder = await connection.read_response()
-            if holder != fence.token:
-                await connection.send_command("UNWATCH")
-                await connection.read_response()
-                raise FenceLost(f"lease {fence.key} is no longer ours (held by {holder!r})")
-        packed = [hiredis.pack_command(("MULTI",))]
-        packed.extend(hiredis.pack_command(command) for command in commands)
-        packed.append(hiredis.pack_command(("EXEC",)))
-        await connection.send_packed_command(packed)
-        queued_error: ResponseError | None = None
-        for _ in range(len(commands) + 1):  # +OK for MULTI, then QUEUED (or an error) per command
-            try:
-                await connection.read_response()
-            except ResponseError as error:
-                queued_error = queued_error or error
-        try:
-            replies = await connection.read_response()
-        except ResponseError as error:  # EXECABORT after a command refused while queueing
-            raise queued_error or error from None
-        if replies is None:
-            raise FenceLost(f"lease {fence.key if fence else '?'} changed during the commit")
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
-    except BaseException:
-        await connection.disconnect(nowait=True)  # never reuse a connection with unread replies
-        raise
-    finally:
-        await pool.release(connection)
+        return await send_transaction(
+            client.connection_pool, commands, (fence.key, fence.token) if fence is not None else None
+        )
+    except TransactionAborted as error:
+        raise FenceLost(f"lease {fence.key if fence else '?'} is no longer ours ({error})") from None
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -371,4 +342,4 @@ def _entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-__all__ = ["Effects", "Entry", "Fence", "FenceLost", "GroupConsumer", "WatchError", "execute_atomically"]
+__all__ = ["Effects", "Entry", "Fence", "FenceLost", "GroupConsumer", "execute_atomically"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -37,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.stream.consumer import Command, Effects, Entry, FenceLost, GroupConsumer
+from services.stream.consumer import Command, Effects, Entry
 from services.stream.events import MalformedEvent, TransactionEvent, decode, raw_row
+from services.stream.runner import Role, main
 from services.stream.windows import STAMP_DELAY_US, EntityWindows, WindowedView, event_row, windowed_views
 
 if TYPE_CHECKING:
@@ -405,80 +405,36 @@ async def acquire_partition(
     return None
 
 
-async def serve(settings: StreamSettings) -> None:
-    """Run the processor until SIGTERM or SIGINT: lease a partition, consume, commit."""
+async def window_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role | None:
+    """Lease a partition (waiting as a spare while all are held), then consume the transactions for it."""
     import os
     import socket
 
-    from redis.asyncio import Redis
-
-    from services.stream.health import HealthServer, stream_metrics
-
     layouts = open_layouts(settings)
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
     token = f"{socket.gethostname()}-{os.getpid()}".encode()
-    stopping = asyncio.Event()
-    consumer: GroupConsumer | None = None
-
-    def stop() -> None:
-        stopping.set()
-        if consumer is not None:
-            consumer.stop()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    metrics = stream_metrics("windows")
-    health = HealthServer(settings.stream_health_port, metrics)
-    health.start()
-    try:
-        acquired = await acquire_partition(client, settings, token, stopping)
-        if acquired is None:
-            return
-        partition, lease = acquired
-        n = settings.stream_partitions
-        logger.info(
-            "window processor: partition %d of %d, views %s, stream %s",
-            partition,
-            n,
-            ", ".join(layout.view.name for layout in layouts),
-            settings.stream("transactions"),
-        )
-        state = WindowState(layouts, partition, n, settings.stream_cache_entities)
-        processor = WindowProcessor(client, state)
-        consumer = GroupConsumer(
-            client,
-            [settings.stream("transactions")],
-            f"{GROUP}-{partition}-of-{n}",
-            processor.handle,
-            dead_letter_stream=settings.stream("dead-letter"),
-            batch_size=settings.stream_batch_size,
-            block_ms=settings.stream_block_ms,
-            fence=lease,
-            on_state_lost=state.forget,
-        )
-        health.watch(consumer)
-        if stopping.is_set():
-            return
-        try:
-            await consumer.run()
-        except FenceLost as error:
-            # Another process holds the partition now (this one stalled past its lease): stop writing at once.
-            logger.error("%s; exiting so that this process is restarted as a spare", error)
-            raise SystemExit(1) from None
-        await lease.release()
-        logger.info("window processor stopped after %d events", processor.processed)
-    finally:
-        health.stop()
-        await client.aclose()
-
-
-def main() -> None:
-    from services.stream.settings import get_stream_settings
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(get_stream_settings()))
+    acquired = await acquire_partition(client, settings, token, stopping)
+    if acquired is None:
+        return None
+    partition, lease = acquired
+    n = settings.stream_partitions
+    logger.info(
+        "window processor: partition %d of %d, views %s, stream %s",
+        partition,
+        n,
+        ", ".join(layout.view.name for layout in layouts),
+        settings.stream("transactions"),
+    )
+    state = WindowState(layouts, partition, n, settings.stream_cache_entities)
+    return Role(
+        name="windows",
+        group=f"{GROUP}-{partition}-of-{n}",
+        streams=[settings.stream("transactions")],
+        handler=WindowProcessor(client, state).handle,
+        fence=lease,
+        on_state_lost=state.forget,
+        release=lease.release,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(window_role)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 from pydantic import Field
 
-from model_store.settings import Settings
+from model_store.settings import Settings, cached_settings
 
 
 class StreamSettings(Settings):
@@ -41,6 +39,4 @@ class StreamSettings(Settings):
     )
 
 
-@cache
-def get_stream_settings() -> StreamSettings:
-    return StreamSettings()
+get_stream_settings = cached_settings(StreamSettings)

@@ -46,7 +46,8 @@ def main() -> None:
     from flows import feature_pipeline as fp
     from flows.feature_store.materialize import latest_per_entity, materialize_frames
     from flows.fraud_data.generator import GeneratorConfig, generate_raw_data, write_raw_data
-    from model_store.settings import get_settings
+    from flows.settings import get_flow_settings
+    from model_store.settings import clear_settings, get_settings
     from tests.conftest import delete_project_keys
 
     settings = get_settings()
@@ -60,7 +61,7 @@ def main() -> None:
     with timed("generate", n, figures):
         data = generate_raw_data(config)
         write_raw_data(data, settings.raw_dir, "batch_001")
-    limit = settings.max_invalid_fraction
+    limit = get_flow_settings().max_invalid_fraction
 
     @flow(name="bench_feature_stages")
     def stages() -> fp.FeatureRows:
@@ -103,7 +104,7 @@ def main() -> None:
     # Feast's own materialize over the same offline rows, into a second project.
     feast_project = f"{project}_feast"
     os.environ["RTML_FEAST_PROJECT"] = feast_project
-    get_settings.cache_clear()
+    clear_settings()
     feast_settings = get_settings()
     feast_settings.export_feast_env()
     os.environ["FEAST_OFFLINE_DIR"] = str(settings.offline_dir)

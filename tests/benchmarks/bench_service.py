@@ -157,7 +157,7 @@ def prepare_home(home: Path, project: str, redis_url: str) -> dict[str, str]:
     from catboost import CatBoostClassifier
 
     from model_store.scorer import ModelContract, Scorer, prepare_features
-    from model_store.settings import get_settings
+    from model_store.settings import clear_settings, get_settings
     from services.scorer.model import save_bento_model
 
     env = {
@@ -168,7 +168,7 @@ def prepare_home(home: Path, project: str, redis_url: str) -> dict[str, str]:
         "RTML_REDIS_URL": redis_url,
     }
     os.environ.update(env)
-    get_settings.cache_clear()
+    clear_settings()
     settings = get_settings()
     settings.export_feast_env()
     feast = Path(sys.executable).with_name("feast")

@@ -45,9 +45,9 @@ def prepare_demo_data(home: Path, project: str) -> None:
 
     from deploy.local.demo import FULL, data_end, generate_demo_data
     from flows.feature_pipeline import feature_pipeline
-    from model_store.settings import get_settings
+    from model_store.settings import clear_settings, get_settings
 
-    get_settings.cache_clear()
+    clear_settings()
     started = time.perf_counter()
     generate_demo_data(get_settings(), FULL, data_end(pd.Timestamp.now(tz="UTC")))
     feature_pipeline()

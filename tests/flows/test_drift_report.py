@@ -17,7 +17,7 @@ from flows.monitoring.performance import PerformanceThresholds
 from model_store.profiles import ProfileStore, log_reference_profile, profile_frame
 from model_store.registry import promote, register_challenger
 from model_store.scorer import ModelContract
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings
 from model_store.tracking import ensure_experiment, mlflow_client
 
 END = datetime(2026, 3, 10, tzinfo=UTC)
@@ -131,9 +131,9 @@ def champion_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dic
             for k, v in os.environ.items()
             if k.startswith("RTML_") or k in {"MLFLOW_TRACKING_URI", "BENTOML_HOME"}
         }
-    get_settings.cache_clear()
+    clear_settings()
     yield env, version
-    get_settings.cache_clear()
+    clear_settings()
 
 
 @pytest.fixture
@@ -144,9 +144,9 @@ def champion(
     env, version = champion_env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
+    clear_settings()
     yield get_settings(), version
-    get_settings.cache_clear()
+    clear_settings()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from flows.training.dataset import open_feature_store
 from model_store import registry
 from model_store.profiles import load_reference_profile
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings
 from model_store.tracking import mlflow_client
 
 
@@ -27,11 +27,11 @@ def private_settings(
     (home / "mlflow").mkdir(parents=True)
     for key, value in training_env(pipeline_env, str(home)).items():
         monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
+    clear_settings()
     settings = get_settings()
     settings.export_feast_env()
     yield settings
-    get_settings.cache_clear()
+    clear_settings()
 
 
 def test_training_flow_registers_promotes_and_is_reproducible(private_settings: Settings) -> None:

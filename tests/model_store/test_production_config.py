@@ -24,7 +24,7 @@ from deploy.local import servers
 from model_store import registry
 from model_store.registry import PromotionPolicy, decide_promotion
 from model_store.scorer import ModelContract
-from model_store.settings import REPO_ROOT, Settings, get_settings
+from model_store.settings import REPO_ROOT, Settings, clear_settings, get_settings
 from model_store.tracking import ensure_experiment, mlflow_client
 from tests.conftest import POSTGRES_DSN, make_settings
 
@@ -89,7 +89,7 @@ def test_mlflow_on_postgres_logs_registers_promotes_and_loads(
     monkeypatch.setenv(
         "MLFLOW_TRACKING_URI", uri
     )  # make_settings points it at SQLite: production overrides it
-    get_settings.cache_clear()
+    clear_settings()
     settings = get_settings()
     assert settings.mlflow_tracking_uri == uri
     monkeypatch.chdir(tmp_path)
@@ -140,7 +140,7 @@ def test_mlflow_on_postgres_keeps_artifacts_under_the_settings_root(
 
     make_settings(tmp_path / "rtml", monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlalchemy_url(database, "psycopg"))
-    get_settings.cache_clear()
+    clear_settings()
     settings = get_settings()
     workdir = tmp_path / "cwd"
     workdir.mkdir()

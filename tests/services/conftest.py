@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import redis
 
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings
 from tests.services.champion import log_champion, sample_rows
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def served_env(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFa
     with pytest.MonkeyPatch.context() as mp:
         for key, value in pipeline_env.items():
             mp.setenv(key, value)
-        get_settings.cache_clear()
+        clear_settings()
         pipeline = get_settings()
         env = {
             **pipeline_env,
@@ -78,14 +78,14 @@ def served_env(pipeline_env: dict[str, str], tmp_path_factory: pytest.TempPathFa
         }
         for key, value in env.items():
             mp.setenv(key, value)
-        get_settings.cache_clear()
+        clear_settings()
         settings = get_settings()
         for key, value in settings.feast_env().items():
             mp.setenv(key, value)
         customers, merchants = known_ids(settings)
         log_champion(settings, sample_rows(customers, merchants, 400, seed=1, now=int(time.time())))
         save_bento_model(load_champion(settings), settings)
-        get_settings.cache_clear()
+        clear_settings()
     return env
 
 
@@ -95,7 +95,7 @@ def install_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **override
         monkeypatch.setenv(key, value)
     for key, value in overrides.items():
         monkeypatch.setenv(f"RTML_{key.upper()}", value)
-    get_settings.cache_clear()
+    clear_settings()
     settings = get_settings()
     for key, value in settings.feast_env().items():
         monkeypatch.setenv(key, value)
@@ -106,7 +106,7 @@ def install_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **override
 def served_settings(served_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings of the served test champion on the shared Redis (the pipeline's Feast project)."""
     yield install_env(served_env, monkeypatch)
-    get_settings.cache_clear()
+    clear_settings()
 
 
 class RedisServer:
@@ -227,7 +227,7 @@ def scorer_client(env: dict[str, str], **overrides: str) -> Iterator[TestClient]
         install_env(env, mp, **overrides)
         with TestClient(scorer_app()) as client:
             yield client
-        get_settings.cache_clear()
+        clear_settings()
 
 
 def transaction(customer: int, merchant: int, n: int = 0, **change: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 
 from model_store.profiles import ProfileStore
 from model_store.registry import load_champion
-from model_store.settings import REPO_ROOT, Settings, get_settings
+from model_store.settings import REPO_ROOT, Settings, clear_settings
 from tests.services.conftest import (
     RedisServer,
     copy_entity_hashes,
@@ -58,7 +58,7 @@ class Server:
 def http_settings(served_env: dict[str, str]) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as mp:
         yield install_env(served_env, mp)
-    get_settings.cache_clear()
+    clear_settings()
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +175,39 @@ def test_redis_stopped_gives_503_and_not_ready_then_recovers_without_restart(
     assert server.process.poll() is None
 
 
-def test_shutdown_writes_the_buffered_traffic_log(server: Server, http_settings: Settings) -> None:
+def test_a_sigkill_after_answering_loses_no_decision(server: Server, http_settings: Settings) -> None:
+    """Every answered decision is in the stream before its answer left: killed at once (an OOM kill, a node
+    failure), the service loses none, and the traffic log turns them into predictions. Runs last: it kills."""
+    import asyncio
+
+    import redis
+
+    from services.stream.consumer import Entry
+    from services.stream.traffic import TrafficRecorder
+
     customers, merchants = known_ids(http_settings)
-    sent = [transaction(customers[3], merchants[3], 10 + i) for i in range(3)]
-    for payload in sent:
+    answered = []
+    for i in range(40):
+        payload = transaction(customers[i % 5], merchants[i % 5], 20 + i, transaction_id=f"kill-{i}")
         assert score(server, payload).status_code == 200
-    server.process.send_signal(signal.SIGTERM)
-    server.process.wait(60)
+        answered.append(payload["transaction_id"])
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(10)
+
+    client = redis.Redis.from_url(server.redis.url)
+    stream = http_settings.stream("transactions")
+    entries = [Entry(stream, entry_id, fields) for entry_id, fields in client.xrange(stream)]
+    client.close()
     store = ProfileStore(http_settings.profile_store, http_settings.model_name)
+    recorder = TrafficRecorder(store, flush_seconds=3600)
+
+    async def record() -> list[Entry]:
+        effects = await recorder.handle(entries)
+        return [*effects.ack, *await recorder.flush()]
+
+    recorded = asyncio.run(record())
     now = datetime.now(UTC)
     logged = store.read_predictions(now - timedelta(hours=2), now + timedelta(hours=1))
-    assert {p["transaction_id"] for p in sent} <= set(logged["transaction_id"])
+    assert set(answered) <= set(logged["transaction_id"])
+    assert len(recorded) == len(entries)
     assert store.read_window(now - timedelta(hours=2), now + timedelta(hours=1)) is not None

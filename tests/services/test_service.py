@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from model_store.profiles import ProfileStore
 from model_store.registry import load_champion
 from model_store.settings import Settings
 from services.scorer.scoring import ScoreResult
@@ -183,7 +182,24 @@ def test_probes_report_ready_and_metrics_are_registered(
     assert REGISTRY.get_sample_value("model_version_info", labels) == 1.0
 
 
-def test_the_service_class_scores_in_process_and_flushes_its_log_on_close(served_env: dict[str, str]) -> None:
+def published(settings: Settings, ids: set[str]) -> dict[str, Any]:
+    """The decision records of these transaction ids in the transactions stream, decoded, by id."""
+    import redis
+
+    from services.stream.events import decode
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        entries = client.xrange(settings.stream("transactions"))
+    finally:
+        client.close()
+    events = (decode(entry_id, fields) for entry_id, fields in entries)
+    return {e.transaction.transaction_id: e for e in events if e.transaction.transaction_id in ids}
+
+
+def test_each_decision_is_published_with_its_model_input_before_the_answer(
+    served_env: dict[str, str],
+) -> None:
     from services.scorer.service import OnlineScorer
     from services.scorer.transaction import Transaction
     from tests.services.conftest import install_env
@@ -192,7 +208,10 @@ def test_the_service_class_scores_in_process_and_flushes_its_log_on_close(served
         settings = install_env(served_env, mp)
         customers, merchants = known_ids(settings)
         service = OnlineScorer()
-        sent = [Transaction.model_validate(transaction(customers[i], merchants[i], i)) for i in range(3)]
+        sent = [
+            Transaction.model_validate(transaction(customers[i], merchants[i], i, transaction_id=f"rec-{i}"))
+            for i in range(3)
+        ]
 
         async def scenario() -> list[dict[str, Any]]:
             assert await service.__is_ready__()
@@ -201,29 +220,35 @@ def test_the_service_class_scores_in_process_and_flushes_its_log_on_close(served
             return results
 
         results = asyncio.run(scenario())
-        assert [r["transaction_id"] for r in results] == [t.transaction_id for t in sent]
-        logged = ProfileStore(settings.profile_store, settings.model_name).read_predictions(
-            datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC) + timedelta(hours=1)
-        )
-        assert {t.transaction_id for t in sent} <= set(logged["transaction_id"])
-        assert logged.loc[logged["transaction_id"] == sent[0].transaction_id, "score"].iloc[
-            0
-        ] == pytest.approx(results[0]["fraud_probability"])
+        records = published(settings, {t.transaction_id for t in sent})
+        assert set(records) == {t.transaction_id for t in sent}
+        model = service.scoring.model
+        for request, result in zip(sent, results, strict=True):
+            record = records[request.transaction_id]
+            assert record.source == "scorer" and record.transaction == request
+            assert record.decision is not None
+            assert record.decision.fraud_probability == result["fraud_probability"]
+            assert record.decision.decision == result["decision"]
+            assert record.decision.model_version == result["model_version"]
+            assert list(record.decision.features) == model.features
+            # What the model received: the score is reproduced from the recorded input alone.
+            columns = {name: [record.decision.features[name]] for name in model.features}
+            assert model.predict(columns)[0] == pytest.approx(result["fraud_probability"])
 
 
-def test_with_the_traffic_log_off_the_service_scores_and_logs_nothing(served_env: dict[str, str]) -> None:
+def test_with_publishing_off_the_service_scores_and_records_nothing(served_env: dict[str, str]) -> None:
     from services.scorer.service import OnlineScorer
     from services.scorer.transaction import Transaction
     from tests.services.conftest import install_env
 
     with pytest.MonkeyPatch.context() as mp:
-        settings = install_env(served_env, mp, traffic_log="false")
+        settings = install_env(served_env, mp, publish_decisions="false")
         customers, merchants = known_ids(settings)
         service = OnlineScorer()
-        assert service.scoring.traffic_log is None
+        assert service.scoring.publisher is None
         sent = [
             Transaction.model_validate(
-                transaction(customers[0], merchants[0], 0, transaction_id="unlogged-1")
+                transaction(customers[0], merchants[0], 0, transaction_id="unrecorded-1")
             )
         ]
 
@@ -232,11 +257,8 @@ def test_with_the_traffic_log_off_the_service_scores_and_logs_nothing(served_env
             await service.close()
             return results
 
-        assert asyncio.run(scenario())[0]["transaction_id"] == "unlogged-1"
-        logged = ProfileStore(settings.profile_store, settings.model_name).read_predictions(
-            datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC) + timedelta(hours=1)
-        )
-        assert "unlogged-1" not in set(logged.get("transaction_id", []))
+        assert asyncio.run(scenario())[0]["transaction_id"] == "unrecorded-1"
+        assert published(settings, {"unrecorded-1"}) == {}
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(served_env: dict[str, str]) -> None:

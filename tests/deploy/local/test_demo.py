@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from deploy.local.demo import data_end, ensure_online_store, wait_for_run_processes
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings
 
 
 def _closed_port() -> int:
@@ -34,7 +34,7 @@ def test_falls_back_to_sqlite_and_says_so(
     # setenv records the variable's absence, so teardown removes what the demo exports (delenv of an
     # absent variable records nothing, and the demo's sqlite choice would leak into every later test).
     monkeypatch.setenv("RTML_ONLINE_STORE", "redis")
-    get_settings.cache_clear()
+    clear_settings()
     chosen = ensure_online_store(get_settings())
     assert chosen.online_store == "sqlite"
     assert chosen.feast_yaml.name == "feature_store_sqlite.yaml"

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import redis
 
-from model_store.settings import REPO_ROOT, get_settings
+from model_store.settings import REPO_ROOT, clear_settings, get_settings
 from services.scorer.transaction import Transaction
 from services.stream.consumer import GroupConsumer
 from services.stream.processor import GROUP, WindowProcessor, WindowState, open_layouts
@@ -45,9 +45,9 @@ def stream_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        get_settings.cache_clear()
+        clear_settings()
         apply_definitions(get_settings())
-        get_settings.cache_clear()
+        clear_settings()
     yield env
     delete_project_keys(env["RTML_FEAST_PROJECT"])
 
@@ -58,12 +58,12 @@ def stream_settings(stream_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
     for key, value in stream_env.items():
         monkeypatch.setenv(key, value)
     delete_project_keys(stream_env["RTML_FEAST_PROJECT"])
-    get_settings.cache_clear()
-    get_stream_settings.cache_clear()
+    clear_settings()
+    clear_settings()
     settings = get_stream_settings()
     settings.export_feast_env()
     yield settings
-    get_stream_settings.cache_clear()
+    clear_settings()
 
 
 def history(n: int = 3_000, seed: int = 1) -> pd.DataFrame:
@@ -339,7 +339,7 @@ def test_a_redis_restart_mid_stream_is_survived(
     server.start()
     try:
         monkeypatch.setenv("RTML_REDIS_URL", server.url)
-        get_stream_settings.cache_clear()
+        clear_settings()
         settings = get_stream_settings()
         settings.export_feast_env()
         frame = history(n=20_000, seed=7)

@@ -1,0 +1,19 @@
+"""Settings of the flows: the platform's locations plus what only the flows read (``RTML_`` variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from model_store.settings import Settings, cached_settings
+
+
+class FlowSettings(Settings):
+    """What the Prefect flows read, and nothing the services need."""
+
+    max_invalid_fraction: float = Field(0.05, ge=0, le=1, description="Share of bad rows that fails a batch.")
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="Drift/decay alerts are POSTed here as JSON."
+    )
+
+
+get_flow_settings = cached_settings(FlowSettings)

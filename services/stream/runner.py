@@ -1,0 +1,112 @@
+"""The process around a consumer: settings, the Redis client, signals, health and metrics, the last flush.
+
+Each stream process (``services.stream.processor``, ``.traffic``, ``.landing``, ``.scoring``) describes its
+``Role`` (group, streams, handler) and calls ``main(make_role)``; this module runs it the same way for all:
+SIGTERM or SIGINT stop reading, the batch in hand is committed, a buffering role writes and acknowledges what it
+holds, and the process exits 0 within Kubernetes' grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from services.stream.consumer import Effects, Entry, Fence, FenceLost, GroupConsumer, Handler
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from services.stream.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Role:
+    """What one kind of stream process consumes and how."""
+
+    name: str
+    group: str
+    streams: list[str]
+    handler: Handler
+    fence: Fence | None = None
+    on_state_lost: Callable[[], None] | None = None
+    # A role that buffers writes what it holds at shutdown; returns the entries that may now be acknowledged.
+    flush: Callable[[], Awaitable[list[Entry]]] | None = None
+    release: Callable[[], Awaitable[None]] | None = None
+
+
+RoleFactory = Callable[["StreamSettings", "Redis", asyncio.Event], Awaitable[Role | None]]
+
+
+async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
+    """Build the role (it may wait, for a partition lease, say), consume until stopped, flush, release."""
+    from redis.asyncio import Redis
+
+    from services.stream.health import HealthServer, stream_metrics
+
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=30)
+    stopping = asyncio.Event()
+    consumer: GroupConsumer | None = None
+
+    def stop() -> None:
+        stopping.set()
+        if consumer is not None:
+            consumer.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    health: HealthServer | None = None
+    try:
+        role = await make_role(settings, client, stopping)
+        if role is None:
+            return
+        health = HealthServer(settings.stream_health_port, stream_metrics(role.name))
+        health.start()
+        consumer = GroupConsumer(
+            client,
+            role.streams,
+            role.group,
+            role.handler,
+            dead_letter_stream=settings.stream("dead-letter"),
+            batch_size=settings.stream_batch_size,
+            block_ms=settings.stream_block_ms,
+            fence=role.fence,
+            on_state_lost=role.on_state_lost,
+        )
+        health.watch(consumer)
+        if stopping.is_set():
+            return
+        try:
+            await consumer.run()
+        except FenceLost as error:
+            # Another process holds the partition now (this one stalled past its lease): stop writing at once.
+            logger.error("%s; exiting so that this process is restarted as a spare", error)
+            raise SystemExit(1) from None
+        if role.flush is not None:
+            held = await role.flush()
+            if held:
+                await consumer.commit(held, Effects())
+        if role.release is not None:
+            await role.release()
+        logger.info("%s stopped after %d entries", role.name, consumer.stats.entries)
+    finally:
+        if health is not None:
+            health.stop()
+        await client.aclose()
+
+
+def main(make_role: RoleFactory) -> None:
+    """The entry point of a stream process: its settings from the environment, then ``run``."""
+    from services.stream.settings import get_stream_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(get_stream_settings(), make_role))
+
+
+__all__ = ["Effects", "Entry", "Handler", "Role", "main", "run"]

@@ -1,0 +1,198 @@
+"""The traffic log: every decision in the transactions stream, profiled with whylogs and logged as a prediction.
+
+    python -m services.stream.traffic
+
+The scoring service publishes each decision, with the model input it decided on, before it answers; this
+process turns them into what the drift flows read (``model_store/profiles.py``): per hour of event time, a
+whylogs profile of the model's input plus ``score``, and a Parquet log of predictions (``transaction_id``,
+``event_timestamp``, ``score``, ``decision``, ``model_version``). It writes every ``traffic_flush_seconds``
+(or 50,000 rows) and acknowledges entries only once their hour's files are written, so a crash of the service
+or of this process loses no decision. Files are named after the first and last stream entry they hold; after a
+crash, an entry that a written file already holds is acknowledged without being written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from model_store.profiles import PREDICTION_COLUMNS, ProfileStore, hour_floor
+from services.stream.consumer import Effects, Entry
+from services.stream.events import MalformedEvent, decode
+from services.stream.runner import Role, main
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from services.stream.settings import StreamSettings
+
+logger = logging.getLogger(__name__)
+
+GROUP = "traffic-log"
+SCORE = "score"
+# Buffered beyond this while writes fail, the process stops: its entries stay pending in Redis.
+MAX_ROWS = 1_000_000
+
+
+def entry_order(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as a sortable pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def file_name(first: bytes, last: bytes) -> str:
+    """A file holding a flush's entries of one hour, named so that the same entries give the same name."""
+    return f"{first.decode()}_{last.decode()}"
+
+
+def covered(names: list[str], entry_id: bytes) -> bool:
+    """Whether one of the files named ``<first>_<last>`` holds the entry."""
+    order = entry_order(entry_id)
+    for name in names:
+        first, _, last = name.partition("_")
+        if last and entry_order(first) <= order <= entry_order(last):
+            return True
+    return False
+
+
+@dataclass
+class _Hour:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+
+
+class TrafficRecorder:
+    """Decided events in, hourly profiles and prediction logs out (see the module docstring)."""
+
+    def __init__(self, store: ProfileStore, flush_seconds: float, flush_rows: int = 50_000) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self.written_rows = 0
+        self._hours: dict[datetime, _Hour] = {}
+        self._buffered = 0
+        self._since = time.monotonic()
+        self._written: dict[datetime, list[str]] = {}
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    async def handle(self, entries: list[Entry]) -> Effects:
+        effects = Effects(ack=[])
+        for entry in entries:
+            try:
+                event = decode(entry.id, entry.fields or {})
+            except MalformedEvent as error:
+                effects.dead_letters.append((entry, str(error)))
+                continue
+            decision = event.decision
+            if decision is None:  # decided elsewhere: nothing to record
+                effects.ack.append(entry)
+                continue
+            hour = hour_floor(event.transaction.timestamp)
+            if covered(self._names(hour), entry.id):  # written before a crash, acknowledged after it
+                effects.ack.append(entry)
+                continue
+            row: dict[str, Any] = dict(decision.features)
+            row[SCORE] = decision.fraud_probability
+            row["transaction_id"] = event.transaction.transaction_id
+            row["event_timestamp"] = event.transaction.timestamp
+            row["decision"] = decision.decision
+            row["model_version"] = decision.model_version
+            held = self._hours.setdefault(hour, _Hour())
+            held.rows.append(row)
+            held.entries.append(entry)
+            self._buffered += 1
+        if self._due():
+            effects.ack.extend(await asyncio.to_thread(self.write))
+        return effects
+
+    async def flush(self) -> list[Entry]:
+        """Write everything held (at shutdown); returns the entries written."""
+        return await asyncio.to_thread(self.write)
+
+    def _due(self) -> bool:
+        return self._buffered >= self.flush_rows or (
+            self._buffered > 0 and time.monotonic() - self._since >= self.flush_seconds
+        )
+
+    def write(self) -> list[Entry]:
+        """Write each held hour's profile, then its prediction log; returns the entries now safe to acknowledge.
+
+        A failed write (a full disk, say) keeps its rows for the next attempt and is logged with the path.
+        """
+        self._since = time.monotonic()
+        done: list[Entry] = []
+        for hour in sorted(self._hours):
+            held = self._hours[hour]
+            try:
+                self._write_hour(hour, held)
+            except OSError as error:
+                logger.error(
+                    "traffic log: writing hour %s failed (%s); rows kept for the next attempt", hour, error
+                )
+                if self._buffered > MAX_ROWS:
+                    raise RuntimeError(
+                        f"traffic log holds {self._buffered} unwritten rows: stopping; its entries stay pending "
+                        "in Redis and are written when it restarts"
+                    ) from error
+                continue
+            done.extend(held.entries)
+            self._buffered -= len(held.rows)
+            self.written_rows += len(held.rows)
+            del self._hours[hour]
+        return done
+
+    def _write_hour(self, hour: datetime, held: _Hour) -> None:
+        import pandas as pd
+
+        from model_store.profiles import profile_frame
+
+        ids = sorted((e.id for e in held.entries), key=entry_order)
+        name = file_name(ids[0], ids[-1])
+        frame = pd.DataFrame(held.rows)
+        profiled = [c for c in frame.columns if c == SCORE or c not in PREDICTION_COLUMNS]
+        self.store.write_window(profile_frame(frame[profiled]), hour, name=name)
+        # Written last: its presence is what says this hour's entries are recorded (see ``covered``).
+        self.store.write_predictions(frame[list(PREDICTION_COLUMNS)], hour, name=name)
+        self._names(hour).append(name)
+
+    def _names(self, hour: datetime) -> list[str]:
+        names = self._written.get(hour)
+        if names is None:
+            names = self._written[hour] = self.store.prediction_files(hour)
+            if len(self._written) > 1_000:  # forget hours long past
+                oldest = sorted(self._written)[0]
+                del self._written[oldest]
+        return names
+
+
+async def traffic_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
+    import whylogs  # noqa: F401  (1-2 s, paid at start rather than at the first write)
+
+    recorder = TrafficRecorder(
+        ProfileStore(settings.profile_store, settings.model_name), settings.traffic_flush_seconds
+    )
+    logger.info(
+        "traffic log: decisions of %s to %s every %.0f s",
+        settings.stream("transactions"),
+        recorder.store.base,
+        settings.traffic_flush_seconds,
+    )
+    return Role(
+        name="traffic-log",
+        group=GROUP,
+        streams=[settings.stream("transactions")],
+        handler=recorder.handle,
+        flush=recorder.flush,
+    )
+
+
+if __name__ == "__main__":
+    main(traffic_role)
