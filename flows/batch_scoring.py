@@ -8,7 +8,6 @@ locally with ``python -m flows.batch_scoring PATH`` or deploy ``batch_scoring/ba
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows.training.dataset import entity_frame, read_feature_spec, retrieve_features
+from model_store.atomic_files import write_atomically
 from model_store.profiles import PREDICTION_COLUMNS
 from model_store.registry import CHAMPION, load_scorer
 from model_store.scorer import Scorer
@@ -80,17 +80,8 @@ def score_transactions(transactions: pd.DataFrame, scorer: Scorer, store: Any) -
 
 
 def write_predictions(predictions: pd.DataFrame, path: Path) -> Path:
-    """Write predictions as Parquet through a temporary file, so a reader never sees half of them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        predictions.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write predictions as Parquet; a reader never sees half of them."""
+    return write_atomically(path, lambda partial: predictions.to_parquet(partial, index=False))
 
 
 @task(retries=2, retry_delay_seconds=10, **IN_MEMORY)

@@ -9,7 +9,6 @@ file, so several service workers can write the same hour; a window is read back 
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from model_store.atomic_files import write_atomically
+
 if TYPE_CHECKING:
     from whylogs.core import DatasetProfileView
 
@@ -29,7 +30,6 @@ HOUR_FORMAT = "%Y-%m-%dT%H"
 REFERENCE_PROFILE_DIR = "whylogs"
 REFERENCE_PROFILE_FILE = "reference_profile.bin"
 REFERENCE_PROFILE_ARTIFACT = f"{REFERENCE_PROFILE_DIR}/{REFERENCE_PROFILE_FILE}"
-FILE_MODE = 0o644
 PREDICTION_COLUMNS = ("transaction_id", "event_timestamp", "score", "decision", "model_version")
 
 
@@ -159,20 +159,6 @@ def hour_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes it private; the worker reading it may be another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ProfileStore:
     """Hourly whylogs profiles and prediction logs of one registered model's traffic."""
 
@@ -197,7 +183,7 @@ class ProfileStore:
         ``name`` makes the write idempotent (the same name replaces the same file); by default a new one.
         """
         path = self._path(self.serving_dir, window_start, name, ".bin")
-        _write_atomically(path, view.serialize())
+        write_atomically(path, view.serialize())
         return path
 
     def read_window(self, start: datetime, end: datetime) -> DatasetProfileView | None:
@@ -223,7 +209,7 @@ class ProfileStore:
         frame = predictions.loc[:, list(PREDICTION_COLUMNS)].copy()
         frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
         path = self._path(self.predictions_dir, window_start, name, ".parquet")
-        _write_atomically(path, frame.to_parquet(index=False))
+        write_atomically(path, frame.to_parquet(index=False))
         return path
 
     def prediction_files(self, window_start: datetime) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow
+
+from model_store.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +218,7 @@ def record_batch(manifest_path: Path, batch: RawBatch, summary: dict) -> None:
         "recorded_at": datetime.now(UTC).isoformat(),
         "summary": summary,
     }
-    manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = manifest_path.with_name(f".{manifest_path.name}.partial")
-    partial.write_text(json.dumps({"batches": batches}, indent=2, default=_json_value))
-    os.replace(partial, manifest_path)
+    write_atomically(manifest_path, json.dumps({"batches": batches}, indent=2, default=_json_value))
 
 
 def _json_value(value: object) -> object:

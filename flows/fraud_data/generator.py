@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from flows.fraud_data.schema import CARD_TYPES, CHANNELS, MAX_AMOUNT, MERCHANT_CATEGORIES, REGIONS
+from model_store.atomic_files import write_atomically
 from services.stream.windows import EventIndex
 
 logger = logging.getLogger(__name__)
@@ -592,11 +592,8 @@ def write_raw_data(data: RawData, raw_dir: Path, batch_name: str) -> list[Path]:
         (data.transactions, raw_dir / "transactions" / f"{batch_name}.parquet"),
     ]
     for frame, path in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so whoever watches the landing zone never reads half a file.
-        partial = path.with_name(f".{path.name}.partial")
-        frame.to_parquet(partial, index=False)
-        os.replace(partial, path)
+        # Whoever watches the landing zone never reads half a file.
+        write_atomically(path, lambda partial, frame=frame: frame.to_parquet(partial, index=False))
     return [path for _, path in targets]
 
 

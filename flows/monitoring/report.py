@@ -13,8 +13,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +22,7 @@ from typing import Any
 from flows.monitoring.drift import SCORE_COLUMN, Distribution, DriftResult
 from flows.monitoring.performance import PerformanceResult
 from flows.monitoring.triggers import AlertOutcome
+from model_store.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +153,8 @@ def render_html(
 def write_report(paths: ReportPaths, summary: dict[str, Any], html: str) -> None:
     """Write the HTML and JSON, then add the report to the history (last, so history never names a missing file)."""
     paths.directory.mkdir(parents=True, exist_ok=True)
-    _write_text(paths.html, html)
-    _write_text(paths.json, json.dumps(summary, indent=2, allow_nan=False))
+    write_atomically(paths.html, html)
+    write_atomically(paths.json, json.dumps(summary, indent=2, allow_nan=False))
     append_history(paths, summary)
 
 
@@ -272,14 +271,6 @@ def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for whoever opens the folder
-    os.replace(tmp, path)
 
 
 def _json_safe(value: Any) -> Any:

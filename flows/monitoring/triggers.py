@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +22,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from flows.monitoring.drift import SCORE_COLUMN, DriftResult
 from flows.monitoring.performance import PerformanceResult
+from model_store.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +112,7 @@ class AlertLedger:
     def record(self, key: str, moment: datetime) -> None:
         data = self.read()
         data[key] = moment.astimezone(UTC).isoformat()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; every run of the flow must read it
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def collect_alerts(

@@ -487,7 +487,9 @@ class RedisFeatureReader:
                 )
         except (ConnectionError, RedisTimeoutError, OSError, TimeoutError) as error:
             reason = str(error) or f"no answer within {REDIS_TIMEOUT_SECONDS}s"
-            raise OnlineStoreUnavailable(f"online feature store unavailable: Redis did not answer: {reason}") from error
+            raise OnlineStoreUnavailable(
+                f"online feature store unavailable: Redis did not answer: {reason}"
+            ) from error
 
         columns: dict[str, list[Any]] = {k: list(rows[k]) for k in rows}
         view_times: dict[str, list[float | None]] = {}
