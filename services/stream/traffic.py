@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_store.profiles import PREDICTION_COLUMNS, ProfileStore, hour_floor
 from services.stream.consumer import Effects, Entry
+from services.stream.entry_files import covered, range_name
 from services.stream.events import MalformedEvent, decode
 from services.stream.runner import Role, main
 
@@ -36,28 +37,6 @@ GROUP = "traffic-log"
 SCORE = "score"
 # Buffered beyond this while writes fail, the process stops: its entries stay pending in Redis.
 MAX_ROWS = 1_000_000
-
-
-def entry_order(entry_id: bytes | str) -> tuple[int, int]:
-    """A stream entry id (``<ms>-<seq>``) as a sortable pair."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def file_name(first: bytes, last: bytes) -> str:
-    """A file holding a flush's entries of one hour, named so that the same entries give the same name."""
-    return f"{first.decode()}_{last.decode()}"
-
-
-def covered(names: list[str], entry_id: bytes) -> bool:
-    """Whether one of the files named ``<first>_<last>`` holds the entry."""
-    order = entry_order(entry_id)
-    for name in names:
-        first, _, last = name.partition("_")
-        if last and entry_order(first) <= order <= entry_order(last):
-            return True
-    return False
 
 
 @dataclass
@@ -154,8 +133,7 @@ class TrafficRecorder:
 
         from model_store.profiles import profile_frame
 
-        ids = sorted((e.id for e in held.entries), key=entry_order)
-        name = file_name(ids[0], ids[-1])
+        name = range_name(e.id for e in held.entries)
         frame = pd.DataFrame(held.rows)
         profiled = [c for c in frame.columns if c == SCORE or c not in PREDICTION_COLUMNS]
         self.store.write_window(profile_frame(frame[profiled]), hour, name=name)
