@@ -15,6 +15,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
+from flows.feature_store.backfill import is_from_stream, publish_backfill, recent
 from flows.feature_store.definitions import apply_definitions
 from flows.feature_store.ingestion import RawBatch, find_new_batches, read_raw_table, record_batch
 from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
@@ -52,6 +53,8 @@ class IngestedBatches:
     transactions: pd.DataFrame
     batches: list[RawBatch]
     summaries: dict[str, dict]
+    # Rows of files that did not come from the stream: the window processor has not seen them.
+    from_files: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @task
@@ -99,7 +102,7 @@ def ingest_transactions(
         "customer_id": set(reference.customers["customer_id"]),
         "merchant_id": set(reference.merchants["merchant_id"]),
     }
-    frames, summaries = [], {}
+    frames, file_frames, summaries = [], [], {}
     for batch in batches:
         raw = read_raw_table(batch.path, transactions_schema)
         result = validate_batch(
@@ -117,6 +120,8 @@ def ingest_transactions(
         write_partitions(result.valid, store, batch.name)
         known_ids.update(result.valid["transaction_id"])
         frames.append(result.valid)
+        if not is_from_stream(batch.name):
+            file_frames.append(result.valid)
         summaries[batch.name] = {
             "rows": len(raw),
             "valid": len(result.valid),
@@ -127,7 +132,8 @@ def ingest_transactions(
             "batch %s: %d valid, %d quarantined", batch.name, len(result.valid), len(result.quarantined)
         )
     transactions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return IngestedBatches(transactions, batches, summaries)
+    from_files = pd.concat(file_frames, ignore_index=True) if file_frames else pd.DataFrame()
+    return IngestedBatches(transactions, batches, summaries, from_files)
 
 
 @dataclass
@@ -274,6 +280,19 @@ def materialize_online(settings: Settings, tables: dict[str, pd.DataFrame]) -> d
     return {r.feature_view: r.entities_written for r in results}
 
 
+@task(retries=3, retry_delay_seconds=[2, 10, 30])
+def publish_recent_history(settings: Settings, ingested: IngestedBatches, windows: list[WindowedView]) -> int:
+    """Publish what the window processor needs of the transactions that came from files (see backfill)."""
+    if settings.online_store != "redis" or ingested.from_files.empty:
+        return 0
+    horizon = max(view.horizon for view in windows)
+    published = publish_backfill(settings, recent(ingested.from_files, horizon))
+    get_run_logger().info(
+        "published %d transactions of the last %s to %s", published, horizon, settings.stream("transactions")
+    )
+    return published
+
+
 @task
 def record_ingested(settings: Settings, ingested: IngestedBatches) -> None:
     """Mark the batches done only now, so a failed run retries them."""
@@ -298,6 +317,7 @@ def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, i
     rows = compute_features(settings, reference, ingested, windows)
     write_offline_store(settings, rows, _run_name(ingested, reference))
     written = materialize_online(settings, rows.all())
+    publish_recent_history(settings, ingested, windows)
     record_ingested(settings, ingested)
     return {"transactions": len(ingested.transactions), **written}
 

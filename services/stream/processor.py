@@ -346,6 +346,22 @@ def open_layouts(settings: StreamSettings) -> list[OnlineLayout]:
     return [OnlineLayout.of(store, feature_views[v.name], v) for v in views]
 
 
+async def wait_for_layouts(settings: StreamSettings, stopping: asyncio.Event) -> list[OnlineLayout] | None:
+    """The windowed views, once the registry declares them (a new platform starts the processor before the
+    first feature pipeline run applies the repository); None if stopped first."""
+    announced = False
+    while not stopping.is_set():
+        try:
+            return open_layouts(settings)
+        except LookupError as error:
+            if not announced:
+                logger.warning("%s; checking again every 10 s", error)
+                announced = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=10)
+    return None
+
+
 class PartitionLease:
     """A partition held by one process: ``SET NX PX`` to take it, renewed while the loop runs."""
 
@@ -410,7 +426,9 @@ async def window_role(settings: StreamSettings, client: Redis, stopping: asyncio
     import os
     import socket
 
-    layouts = open_layouts(settings)
+    layouts = await wait_for_layouts(settings, stopping)
+    if layouts is None:
+        return None
     token = f"{socket.gethostname()}-{os.getpid()}".encode()
     acquired = await acquire_partition(client, settings, token, stopping)
     if acquired is None:

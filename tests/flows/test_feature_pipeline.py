@@ -169,3 +169,35 @@ def test_a_second_apply_during_the_first_waits_and_finds_it_done(settings: Setti
         outputs = list(pool.map(lambda _: apply_definitions(settings), range(2)))
     applied = [output for output in outputs if output is not None]
     assert len(applied) == 1 and "Deploying infrastructure" in applied[0]
+
+
+def test_recent_history_from_files_is_published_for_the_window_processor(pipeline_settings: Settings) -> None:
+    """Both generated batches came from files: their last 7 days are in the stream, as backfill, once each."""
+    from services.stream.events import decode
+
+    client = redis.Redis.from_url(pipeline_settings.redis_url)
+    entries = client.xrange(pipeline_settings.stream("transactions"))
+    client.close()
+    backfill = [e for e in (decode(i, f) for i, f in entries) if e.source == "backfill"]
+    validated = read_partitions(pipeline_settings.validated_dir / "transactions")
+    newest = validated["event_timestamp"].max()
+    # Each run publishes its own batch's last week (the second run's look-back overlaps the first's).
+    expected = set(
+        validated.loc[validated["event_timestamp"] > newest - pd.Timedelta("7D"), "transaction_id"]
+    )
+    published = [e.transaction.transaction_id for e in backfill]
+    assert expected <= set(published)
+    assert all(e.transaction.timestamp > (newest - pd.Timedelta("60D")).to_pydatetime() for e in backfill)
+
+
+def test_files_the_landing_writer_made_are_not_published_back() -> None:
+    from flows.feature_store.backfill import is_from_stream, recent
+
+    assert is_from_stream("stream-1700000000000-0_1700000000999-3") and not is_from_stream("batch_002")
+    frame = pd.DataFrame(
+        {
+            "event_timestamp": pd.to_datetime(["2026-01-01", "2026-01-05", "2026-01-09"], utc=True),
+            "v": [1, 2, 3],
+        }
+    )
+    assert recent(frame, pd.Timedelta("7D"))["v"].tolist() == [2, 3]
