@@ -29,6 +29,7 @@ from flows.fraud_data.features import (
     risk_snapshots,
 )
 from flows.fraud_data.schema import customers_schema, merchants_schema, transactions_schema
+from model_store import libraries
 from model_store.settings import Settings, get_settings
 
 
@@ -266,6 +267,7 @@ def record_ingested(settings: Settings, ingested: IngestedBatches) -> None:
 @flow(name="feature_pipeline", log_prints=True)
 def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, int]:
     """Ingest and validate raw data, compute features, write the offline store and materialize to the online store."""
+    libraries.typeguard.apply_patches()
     params = params or FeaturePipelineParams()
     settings = get_settings()
     max_invalid = (

@@ -49,9 +49,11 @@ class PlainScorer:
     """The plain path to beat: BentoML's @bentoml.api, Feast's SDK, CatBoost on a DataFrame."""
 
     def __init__(self) -> None:
+        from model_store import libraries
         from model_store.settings import get_settings
         from services.scorer.model import load_serving_model
 
+        libraries.typeguard.apply_patches()  # as the service does
         settings = get_settings()
         self.store = settings.feature_store()
         self.served = load_serving_model(settings)
@@ -462,6 +464,9 @@ def main() -> None:
     args = parser.parse_args()
     if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
         sys.exit("wrk is not installed (apt-get install wrk, or `make bench` installs it)")
+    from model_store import libraries
+
+    libraries.typeguard.apply_patches()  # before the setup imports Feast
 
     from tests.conftest import delete_project_keys
 
