@@ -207,6 +207,7 @@ def promote_if_better(
 def training_pipeline(params: TrainingParams = TrainingParams()) -> dict[str, Any]:  # noqa: B008
     """Build the training set, fit baseline and tuned CatBoost, evaluate, log, register and gate."""
     libraries.typeguard.apply_patches()
+    libraries.whylogs.apply_patches()
     settings = get_settings()
     store = open_feature_store(settings)
     with tracking.training_run(settings, run_name="training_pipeline") as run:

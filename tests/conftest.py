@@ -111,6 +111,14 @@ def delete_project_keys(project: str, url: str = REDIS_URL) -> None:
 
 
 @pytest.fixture(scope="session")
+def whylogs_patches() -> None:
+    """whylogs patched for the session, as the processes that profile patch it (``model_store.libraries``)."""
+    from model_store import libraries
+
+    libraries.whylogs.apply_patches()
+
+
+@pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API for the whole session (~8 s), started only by tests that run flows."""
     from prefect.testing.utilities import prefect_test_harness

@@ -1,6 +1,8 @@
 """Every patch of a third-party library and every use of its private API, in one module named after the library.
 
 - ``typeguard``: ``@typechecked`` made a no-op before Feast's import (``apply_patches``).
+- ``whylogs``: a vectorized float split and reused component classes (``apply_patches``); its drift module
+  without ``whylogs.viz``'s notebook imports (``drift_algorithms``).
 
 Each module states what it relies on, pins the version it was written for (``WRITTEN_FOR``) and checks it
 before touching the library (``require_version``, which raises ``LibraryVersionError``). Importing this
@@ -8,7 +10,7 @@ package, or any module in it, imports none of these libraries and patches nothin
 the entry points that need them (docs/architecture.md lists which).
 """
 
-from model_store.libraries import typeguard
+from model_store.libraries import typeguard, whylogs
 from model_store.libraries.versions import LibraryVersionError
 
-__all__ = ["LibraryVersionError", "typeguard"]
+__all__ = ["LibraryVersionError", "typeguard", "whylogs"]

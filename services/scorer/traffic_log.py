@@ -9,7 +9,9 @@ input plus ``score`` (``ProfileStore.write_window``) and one Parquet file of pre
 
 With ``writer_process=True`` (what the service does) the writer is a spawned, niced child process: those
 0.3 s hold a GIL, and in the serving process they stalled requests (p99 at one connection 25 ms instead of
-8 ms here). The serving process only converts and pickles a few hundred rows at a time.
+8 ms here). The serving process only converts and pickles a few hundred rows at a time. The writer process
+applies whylogs' patches (``model_store.libraries.whylogs``) when it starts; an in-process writer profiles
+with whatever the process applied.
 
 ``close()`` (the service's shutdown hook) ships what is queued, has the writer write everything and stops
 it: nothing is lost on a clean shutdown. A write that fails (a full disk, say) keeps its rows for the next
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from model_store import libraries
 from model_store.profiles import PREDICTION_COLUMNS
 
 if TYPE_CHECKING:
@@ -230,7 +233,8 @@ def run_writer_process(
     # (``TrafficLog`` closes its end at exit, so multiprocessing's exit-time join never waits on us).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import whylogs  # noqa: F401  (1-2 s, paid at start rather than at the first write)
+    # Imports whylogs (1-2 s, paid at start rather than at the first write) and makes profiling fast.
+    libraries.whylogs.apply_patches()
 
     writer = WindowWriter(store, flush_rows, flush_seconds, max_rows)
     while True:

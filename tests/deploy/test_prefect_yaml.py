@@ -21,13 +21,13 @@ POOL = "local-process"
 RUN_TIME_PARAMETERS = {
     "batch_scoring/batch-scoring": {"params": {"input_path": "/data/transactions.parquet"}},
 }
-# The patches of model_store.libraries each flow needs: typeguard's before its tasks import Feast
-# (docs/architecture.md, "Library patches and private APIs").
+# The patches of model_store.libraries each flow needs: typeguard's before its tasks import Feast, whylogs' for
+# profiling or reading profiles (docs/architecture.md, "Library patches and private APIs").
 PATCHES = {
     "feature_pipeline": ["typeguard"],
-    "training_pipeline": ["typeguard"],
+    "training_pipeline": ["typeguard", "whylogs"],
     "batch_scoring": ["typeguard"],
-    "drift_report": [],
+    "drift_report": ["whylogs"],
     "build_service": [],
 }
 
@@ -119,7 +119,7 @@ def test_each_flow_applies_its_library_patches_first(name: str) -> None:
 
 
 def test_loading_the_flows_as_a_worker_does_imports_no_patched_library() -> None:
-    """So a flow's first statements patch before anything imports Feast (3-4 s of Feast's import)."""
+    """So a flow's first statements patch before anything imports Feast or whylogs (3-4 s of Feast's import)."""
     entrypoints = [str(REPO_ROOT / d["entrypoint"]) for d in deployments().values()]
     code = f"""
 import json, sys

@@ -14,6 +14,9 @@ import pytest
 from model_store.profiles import ProfileStore
 from services.scorer.traffic_log import ScoredBatch, TrafficLog
 
+# Profiled as the processes that profile do: with whylogs' patches (model_store.libraries.whylogs).
+pytestmark = pytest.mark.usefixtures("whylogs_patches")
+
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
 

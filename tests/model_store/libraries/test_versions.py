@@ -9,6 +9,7 @@ from model_store.libraries import versions
 
 MODULES = {
     "typeguard": libraries.typeguard,
+    "whylogs": libraries.whylogs,
 }
 
 
