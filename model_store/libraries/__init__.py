@@ -3,6 +3,7 @@
 - ``typeguard``: ``@typechecked`` made a no-op before Feast's import (``apply_patches``).
 - ``whylogs``: a vectorized float split and reused component classes (``apply_patches``); its drift module
   without ``whylogs.viz``'s notebook imports (``drift_algorithms``).
+- ``feast``: Feast's Redis keys, fields, values and read plan, through its private functions (accessors).
 
 Each module states what it relies on, pins the version it was written for (``WRITTEN_FOR``) and checks it
 before touching the library (``require_version``, which raises ``LibraryVersionError``). Importing this
@@ -10,7 +11,7 @@ package, or any module in it, imports none of these libraries and patches nothin
 the entry points that need them (docs/architecture.md lists which).
 """
 
-from model_store.libraries import typeguard, whylogs
+from model_store.libraries import feast, typeguard, whylogs
 from model_store.libraries.versions import LibraryVersionError
 
-__all__ = ["LibraryVersionError", "typeguard", "whylogs"]
+__all__ = ["LibraryVersionError", "feast", "typeguard", "whylogs"]

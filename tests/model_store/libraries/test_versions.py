@@ -10,6 +10,7 @@ from model_store.libraries import versions
 MODULES = {
     "typeguard": libraries.typeguard,
     "whylogs": libraries.whylogs,
+    "feast": libraries.feast,
 }
 
 
