@@ -11,6 +11,7 @@ MODULES = {
     "typeguard": libraries.typeguard,
     "whylogs": libraries.whylogs,
     "feast": libraries.feast,
+    "bentoml": libraries.bentoml,
 }
 
 
