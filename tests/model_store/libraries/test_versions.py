@@ -12,6 +12,7 @@ MODULES = {
     "whylogs": libraries.whylogs,
     "feast": libraries.feast,
     "bentoml": libraries.bentoml,
+    "prometheus_client": libraries.prometheus_client,
 }
 
 
