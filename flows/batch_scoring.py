@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows.training.dataset import entity_frame, read_feature_spec, retrieve_features
+from model_store import libraries
 from model_store.atomic_files import write_atomically
 from model_store.profiles import PREDICTION_COLUMNS
 from model_store.registry import CHAMPION, load_scorer
@@ -99,6 +100,7 @@ def score_file(path: Path, scorer: Scorer, settings: Settings) -> pd.DataFrame:
 @flow(name="batch_scoring")
 def batch_scoring(params: BatchScoringParams) -> dict[str, Any]:
     """Score a file of transactions with a registered model and write the predictions with its version."""
+    libraries.typeguard.apply_patches()
     settings = get_settings()
     scorer = load_model(params.model, settings)
     predictions = score_file(params.input_path, scorer, settings)

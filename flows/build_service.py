@@ -23,6 +23,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
+from model_store import libraries
 from model_store.settings import REPO_ROOT, Settings, get_settings
 
 BENTOFILE = REPO_ROOT / "services" / "scorer" / "bentofile.yaml"
@@ -139,18 +140,11 @@ def embed_model(settings: Settings, bento_tag: str, model_tag: str) -> Path:
     BentoML 1.4 bentos only reference models in the store they were built in; served from a folder elsewhere
     (deploy/service.Dockerfile copies the folder into an image) a bento finds its models in ``models/``.
     """
-    from bentoml._internal.models import ModelStore
-    from bentoml._internal.models.model import copy_model
-
     from services.scorer.model import model_store_path
 
     target = bento_path(settings, bento_tag) / "models"
     target.mkdir(parents=True, exist_ok=True)
-    copy_model(
-        model_tag,
-        src_model_store=ModelStore(model_store_path(settings)),
-        target_model_store=ModelStore(target),
-    )
+    libraries.bentoml.copy_model(model_tag, model_store_path(settings), target)
     return target.parent
 
 

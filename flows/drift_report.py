@@ -35,6 +35,7 @@ from flows.monitoring.report import (
 from flows.monitoring.triggers import AlertLedger, TriggerSettings, collect_alerts, dispatch_alerts
 from flows.monitoring.whylogs_backend import WhylogsBackend
 from flows.settings import get_flow_settings
+from model_store import libraries
 from model_store.profiles import ProfileStore, window_bounds
 from model_store.settings import get_settings
 
@@ -128,6 +129,7 @@ def publish_report(
 @flow(name="drift_report")
 def drift_report(params: DriftReportParams | None = None) -> dict[str, Any]:
     """Compare the champion's reference with the last window of traffic; report, record and alert."""
+    libraries.whylogs.apply_patches()
     params = params or DriftReportParams()
     logger = get_run_logger()
     window = window_bounds(params.end or datetime.now(UTC), params.window_hours)

@@ -28,6 +28,7 @@ from flows.fraud_data.features import (
 )
 from flows.fraud_data.schema import customers_schema, merchants_schema, transactions_schema
 from flows.settings import get_flow_settings
+from model_store import libraries
 from model_store.settings import Settings
 from services.stream.windows import WindowedView, compute_windows, windowed_views
 
@@ -304,6 +305,7 @@ def record_ingested(settings: Settings, ingested: IngestedBatches) -> None:
 @flow(name="feature_pipeline", log_prints=True)
 def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, int]:
     """Ingest and validate raw data, compute features, write the offline store and materialize to the online store."""
+    libraries.typeguard.apply_patches()
     params = params or FeaturePipelineParams()
     settings = get_flow_settings()
     max_invalid = (

@@ -31,7 +31,7 @@ from flows.training.models import (
 )
 from flows.training.params import TrainingParams
 from flows.training.tuning import TrialOutcome, TrialSettings, best_outcome, create_study, run_trial, search
-from model_store import registry
+from model_store import libraries, registry
 from model_store.registry import PromotionDecision
 from model_store.scorer import ModelContract
 from model_store.settings import Settings, get_settings
@@ -206,6 +206,8 @@ def promote_if_better(
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=max(2, CPUS)))
 def training_pipeline(params: TrainingParams = TrainingParams()) -> dict[str, Any]:  # noqa: B008
     """Build the training set, fit baseline and tuned CatBoost, evaluate, log, register and gate."""
+    libraries.typeguard.apply_patches()
+    libraries.whylogs.apply_patches()
     settings = get_settings()
     store = open_feature_store(settings)
     with tracking.training_run(settings, run_name="training_pipeline") as run:

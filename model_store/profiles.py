@@ -13,7 +13,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,39 +33,14 @@ PREDICTION_COLUMNS = ("transaction_id", "event_timestamp", "score", "decision", 
 
 
 def profile_frame(df: pd.DataFrame) -> DatasetProfileView:
-    """Profile a frame with whylogs, converting the column types whylogs 1.6 cannot track under numpy 2."""
+    """Profile a frame with whylogs, converting the column types whylogs 1.6 cannot track under numpy 2.
+
+    Fast once ``model_store.libraries.whylogs.apply_patches()`` has run in the process (the same profile
+    either way).
+    """
     import whylogs as why
 
-    _split_float_columns_at_once()
     return why.log(whylogs_compatible(df), schema=profile_schema()).view()
-
-
-@cache
-def _split_float_columns_at_once() -> None:
-    """Make whylogs 1.6 (unmaintained) split a float64 column with numpy, not with a Python call per value.
-
-    Before profiling a column whylogs counts its nulls, NaNs and infinities, testing each float for infinity
-    through ``Series.apply``: 1.2 s of the 1.5 s profile of the small demo's training set (21k rows, 24 float
-    columns). The counts and the array of floats are the same; every other dtype takes whylogs' own path.
-    """
-    import numpy as np
-    from whylogs.core.preprocessing import PreprocessedColumn
-
-    original = PreprocessedColumn._pandas_split
-
-    def _pandas_split(self: Any, series: pd.Series | None, parse_numeric_string: bool = False) -> None:
-        if series is None or series.dtype != np.float64:
-            return original(self, series, parse_numeric_string)
-        values = series.to_numpy()
-        missing = np.isnan(values)
-        self.null_count = self.nan_count = int(missing.sum())
-        floats = values[~missing]
-        self.inf_count = int(np.isinf(floats).sum())
-        self.numpy.floats = floats
-        return None
-
-    _pandas_split.__wrapped__ = original  # type: ignore[attr-defined]
-    PreprocessedColumn._pandas_split = _pandas_split  # type: ignore[method-assign]
 
 
 def profile_schema() -> Any:
@@ -95,7 +69,7 @@ def profile_schema() -> Any:
 
 
 def whylogs_compatible(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy whylogs 1.6 can profile under numpy 2: the one place its workarounds live.
+    """A copy whylogs 1.6 can profile under numpy 2: the one place its data-type workarounds live.
 
     whylogs 1.6 reaches for ``np.unicode_`` (removed in numpy 2) when it meets datetime, timedelta or
     pandas ``string`` columns, and merges a one-value ``category`` column into a TypeError. Timestamps become
@@ -116,40 +90,10 @@ def whylogs_compatible(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_profile(data: bytes) -> DatasetProfileView:
-    """A serialized whylogs profile, read with component classes reused (see ``_reuse_component_classes``)."""
+    """A serialized whylogs profile (fast once ``model_store.libraries.whylogs.apply_patches()`` has run)."""
     from whylogs.core import DatasetProfileView
 
-    _reuse_component_classes()
     return DatasetProfileView.deserialize(data)
-
-
-@cache
-def _reuse_component_classes() -> None:
-    """Make whylogs 1.6 (unmaintained) reuse one class per kind of metric component it deserializes.
-
-    It defines a new class for every component it reads: ~60 % of reading a profile, 25 ms for one of the
-    model's (~440 components). The class depends only on the component's value field and type id, so the
-    first one of each pair is kept. Components read through a custom registry take whylogs' own path.
-    """
-    from whylogs.core.metrics.metric_components import MetricComponent
-
-    original = MetricComponent.from_protobuf.__func__  # type: ignore[attr-defined]
-    classes: dict[tuple[str | None, int], type] = {}
-
-    def from_protobuf(cls: type, msg: Any, registries: Any = None) -> Any:
-        if registries is not None:
-            return original(cls, msg, registries)
-        key = (msg.WhichOneof("value"), msg.type_id)
-        known = classes.get(key)
-        if known is None:
-            component = original(cls, msg, None)
-            classes[key] = type(component)
-            return component
-        component = known(value=None)
-        component._value = component._deserializer(msg=msg)
-        return component
-
-    MetricComponent.from_protobuf = classmethod(from_protobuf)  # type: ignore[method-assign, assignment]
 
 
 def hour_floor(moment: datetime) -> datetime:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
+import re
+import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +35,20 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 def unique_project(prefix: str = "t") -> str:
     """A Feast project name no other test uses: it suffixes every Redis key, which isolates tests."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def leading_patches(function: Callable[..., object]) -> list[str]:
+    """The libraries whose ``libraries.<name>.apply_patches()`` an entry point calls before any other statement."""
+    (definition,) = ast.parse(textwrap.dedent(inspect.getsource(function))).body
+    body = definition.body[1:] if ast.get_docstring(definition) else definition.body
+    applied = []
+    for statement in body:
+        call = ast.unparse(statement.value.func) if isinstance(statement, ast.Expr) else ""
+        match = re.fullmatch(r"libraries\.(\w+)\.apply_patches", call)
+        if match is None:
+            break
+        applied.append(match.group(1))
+    return applied
 
 
 def make_settings(home: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> Settings:
@@ -90,6 +108,14 @@ def delete_project_keys(project: str, url: str = REDIS_URL) -> None:
         pass
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def whylogs_patches() -> None:
+    """whylogs patched for the session, as the processes that profile patch it (``model_store.libraries``)."""
+    from model_store import libraries
+
+    libraries.whylogs.apply_patches()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ import pandas as pd
 
 from deploy.local import servers
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
+from model_store import libraries
 from model_store.settings import Settings, clear_settings, get_settings
 
 if TYPE_CHECKING:
@@ -387,6 +388,8 @@ def describe_training(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # Before anything imports Feast (``prepare`` warms it in the background); the flows patch what they need.
+    libraries.typeguard.apply_patches()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # MLflow's download progress bars would interleave with the steps' output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

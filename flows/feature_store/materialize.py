@@ -2,9 +2,9 @@
 
 Feast's ``materialize`` converts every value from Arrow to protobuf and hashes every field name per value
 (8-14k rows/s here). This writer keeps Feast's layout exactly (its entity-key serialization, its murmur3
-field names, its ``ValueProto`` values and ``_ts`` timestamps, all through Feast's functions) but converts
-each column once per distinct value, hashes each field name once per view, and pipelines the writes
-(packed by hiredis, replies read off the connection). Other online stores go through
+field names, its ``ValueProto`` values and ``_ts`` timestamps, all through Feast's functions, reached through
+``model_store.libraries.feast``) but converts each column once per distinct value, hashes each field name
+once per view, and pipelines the writes (packed by hiredis, replies read off the connection). Other online stores go through
 ``FeatureStore.write_to_online_store``. Either way the run is recorded in Feast's registry as a
 materialization interval, as ``feast materialize`` does.
 """
@@ -12,22 +12,17 @@ materialization interval, as ``feast materialize`` does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import hiredis
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import redis
-from feast import FeatureStore, FeatureView, ValueType
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE
-from feast.utils import _build_entity_keys, _columns_to_proto_values
-from google.protobuf.timestamp_pb2 import Timestamp
+from feast import FeatureStore, FeatureView
+
+from model_store import libraries
 
 log = logging.getLogger(__name__)
 
@@ -73,98 +68,20 @@ def materialize_frames(
     return results
 
 
-def _proto_bytes_per_column(
-    frame: pd.DataFrame, columns: list[tuple[str, ValueType]]
-) -> dict[str, np.ndarray]:
-    """Feast's ``ValueProto`` bytes for every cell of each column.
-
-    Doubles are fixed width: their layout is learned from Feast's serializer once per column and applied
-    to the whole column. Other scalars serialize each distinct value once, with Feast's own mapping from
-    value type to proto field; anything else goes through Feast's column converter. A missing value is
-    Feast's empty ``ValueProto``, which serializes to b"".
-    """
-    out: dict[str, np.ndarray] = {}
-    for name, value_type in columns:
-        column = frame[name]
-        if value_type == ValueType.DOUBLE and column.notna().all():
-            packed = _fixed_width(
-                column.to_numpy(np.float64), lambda v: ValueProto(double_val=v).SerializeToString(), "<f8"
-            )
-            if packed is not None:
-                out[name] = packed
-                continue
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        if value_type in PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE:
-            field_name, convert, _ = PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE[value_type]
-            serialized = [
-                ValueProto(**{field_name: convert(v)}).SerializeToString() for v in uniques.tolist()
-            ]
-        else:
-            table = pa.RecordBatch.from_pydict({name: pa.array(list(uniques), from_pandas=True)})
-            serialized = [
-                p.SerializeToString() for p in _columns_to_proto_values(table, [(name, value_type)])[name]
-            ]
-        lookup = np.array([*serialized, b""], dtype=object)
-        out[name] = lookup[np.where(codes < 0, len(serialized), codes)]
-    return out
-
-
-def _fixed_width(values: np.ndarray, feast_bytes: Callable[[object], bytes], dtype: str) -> np.ndarray | None:
-    """Apply a fixed-width encoding learned from one call of Feast's serializer to a whole column.
-
-    ``feast_bytes(v)`` is Feast's encoding of ``v``; around the packed value it is constant. Sample cells
-    are checked against Feast itself and ``None`` (use the per-value path) is returned if they ever differ,
-    so a change of Feast's format cannot corrupt the store.
-    """
-    if len(values) == 0:
-        return np.array([], dtype=object)
-    whole = feast_bytes(values[0])
-    packed = np.array(values[:1], dtype=dtype).tobytes()
-    at = whole.rfind(packed)
-    if at < 0:
-        return None
-    head, tail, width = whole[:at], whole[at + len(packed) :], len(packed)
-    raw = values.astype(dtype).tobytes()
-    cells = np.array([head + raw[i : i + width] + tail for i in range(0, len(raw), width)], dtype=object)
-    if any(cells[i] != feast_bytes(values[i]) for i in {0, len(values) // 2, len(values) - 1}):
-        return None
-    return cells
-
-
-def _entity_redis_keys(
-    store: FeatureStore, frame: pd.DataFrame, join_keys: dict[str, ValueType]
-) -> list[bytes]:
-    """Feast's Redis keys (entity-key serialization plus the project name) for each row."""
-    project, version = store.config.project, store.config.entity_key_serialization_version
-    if len(join_keys) == 1 and next(iter(join_keys.values())) == ValueType.INT64:
-        (name,) = join_keys
-
-        def feast_key(v: object) -> bytes:
-            key = EntityKeyProto(join_keys=[name], entity_values=[ValueProto(int64_val=int(v))])
-            return _redis_key(project, key, entity_key_serialization_version=version)
-
-        keys = _fixed_width(frame[name].to_numpy(np.int64), feast_key, "<i8")
-        if keys is not None:
-            return list(keys)
-    protos = _columns_to_proto_values(
-        pa.RecordBatch.from_pandas(frame[list(join_keys)], preserve_index=False), list(join_keys.items())
-    )
-    return [
-        _redis_key(project, key, entity_key_serialization_version=version)
-        for key in _build_entity_keys(len(frame), join_keys, protos)
-    ]
-
-
 def _write_redis(store: FeatureStore, fv: FeatureView, latest: pd.DataFrame, join_keys: dict) -> int:
     config = store.config
     features = [(f.name, f.dtype.to_value_type()) for f in fv.features]
-    values = _proto_bytes_per_column(latest, features)
-    field_names = [_mmh3(f"{fv.name}:{name}") for name, _ in features]
-    ts_field = f"_ts:{fv.name}".encode()
+    values = {
+        name: libraries.feast.column_value_bytes(latest[name], value_type) for name, value_type in features
+    }
+    field_names = [libraries.feast.feature_field(fv.name, name) for name, _ in features]
+    ts_field = libraries.feast.timestamp_field(fv.name)
 
-    redis_keys = _entity_redis_keys(store, latest, join_keys)
-    timestamps = _timestamp_bytes(latest[fv.batch_source.timestamp_field])
-    client = _redis_client(store)
+    redis_keys = libraries.feast.entity_redis_keys(
+        latest, join_keys, config.project, config.entity_key_serialization_version
+    )
+    timestamps = libraries.feast.timestamp_bytes(latest[fv.batch_source.timestamp_field])
+    client = libraries.feast.redis_client(store)
     newer = _newer_than_stored(client, fv, redis_keys, ts_field, latest[fv.batch_source.timestamp_field])
 
     ttl = config.online_store.key_ttl_seconds
@@ -224,15 +141,6 @@ def _send_chunk(connection, packed: list[bytes]) -> None:
         connection.read_response()  # raises Redis's error (wrong type, OOM) for a failed command
 
 
-def _timestamp_bytes(ts: pd.Series) -> list[bytes]:
-    micros = pd.DatetimeIndex(ts).tz_convert("UTC").as_unit("us").asi8
-    seconds, remainder = np.divmod(micros, 1_000_000)
-    return [
-        Timestamp(seconds=int(s), nanos=int(r) * 1_000).SerializeToString()
-        for s, r in zip(seconds, remainder, strict=True)
-    ]
-
-
 def _newer_than_stored(
     client, fv: FeatureView, keys: list[bytes], ts_field: bytes, ts: pd.Series
 ) -> np.ndarray:
@@ -251,18 +159,4 @@ def _newer_than_stored(
                 pipe.hget(key, ts_field)
             stored.extend(pipe.execute())
     new_micros = pd.DatetimeIndex(ts).tz_convert("UTC").as_unit("us").asi8
-    old_micros = np.array([_parse_timestamp_micros(raw) for raw in stored], dtype=np.int64)
-    return new_micros > old_micros
-
-
-def _parse_timestamp_micros(raw: bytes | None) -> int:
-    if not raw:
-        return np.iinfo(np.int64).min
-    ts = Timestamp()
-    ts.ParseFromString(raw)
-    return ts.seconds * 1_000_000 + ts.nanos // 1_000
-
-
-def _redis_client(store: FeatureStore):
-    """Feast's own Redis client for this store (same connection string parsing, same pool)."""
-    return store._get_provider().online_store._get_client(store.config.online_store)
+    return new_micros > libraries.feast.timestamp_micros(stored)

@@ -1,7 +1,7 @@
 """The whylogs implementation of ``DriftBackend``: statistics read from whylogs 1.6 profile sketches.
 
 Numeric columns use whylogs' two-sample KS test on the KLL sketches and its Hellinger distance on their
-histograms. Categorical columns use a two-sample chi-squared test of homogeneity on the frequent-items
+histograms (its drift module, reached through ``model_store.libraries.whylogs.drift_algorithms``). Categorical columns use a two-sample chi-squared test of homogeneity on the frequent-items
 counts (scipy), with Hellinger and total variation distances, not whylogs' ``ChiSquare``: that one treats the reference shares as exact and truncates the
 expected counts to integers, so (measured on clean windows at p < 0.05) it flagged 19 % of 20k-row windows
 against a 50k-row reference and every 200-row window holding a category rarer than 1 in 200.
@@ -9,20 +9,16 @@ against a 50k-row reference and every 200-row window holding a category rarer th
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import math
-import sys
-import types
 import warnings
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 
 from flows.monitoring.drift import TYPE_CLASSES, ColumnKind, ColumnStatistics, Distribution
+from model_store import libraries
 
 if TYPE_CHECKING:
     from whylogs.core import DatasetProfileView
@@ -34,36 +30,6 @@ OTHER = "(other)"
 # Categories expected fewer times than this in either sample are pooled: the chi-squared approximation
 # overstates drift on tiny cells.
 MIN_EXPECTED = 5.0
-
-
-@cache
-def drift_algorithms() -> types.ModuleType:
-    """whylogs' drift module, without the notebook packages its parent ``whylogs.viz`` imports.
-
-    ``whylogs/viz/__init__.py`` imports IPython (and pybars3 for its HTML) though the drift maths needs
-    neither. When they are not installed, the package is entered through a bare module for the time of the
-    import, then removed, so a later ``import whylogs.viz`` still runs (or fails) as whylogs wrote it.
-    """
-    name = "whylogs.viz.drift.column_drift_algorithms"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name not in {"IPython", "pybars"}:
-            raise
-    spec = importlib.util.find_spec("whylogs.viz")
-    if spec is None or spec.submodule_search_locations is None:
-        raise ImportError("whylogs.viz is not installed: whylogs==1.6.4 provides it")
-    shell = types.ModuleType("whylogs.viz")
-    shell.__path__ = list(spec.submodule_search_locations)
-    sys.modules["whylogs.viz"] = shell
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.modules.pop("whylogs.viz", None)
-        import whylogs
-
-        if getattr(whylogs, "viz", None) is shell:
-            delattr(whylogs, "viz")
 
 
 class WhylogsBackend:
@@ -132,7 +98,7 @@ def column_kind(column: ColumnProfileView) -> ColumnKind:
 
 def numeric_test(ref: ColumnProfileView, cur: ColumnProfileView) -> dict[str, Any]:
     """whylogs' KS test (statistic and p-value) and Hellinger distance of two numeric columns."""
-    algorithms = drift_algorithms()
+    algorithms = libraries.whylogs.drift_algorithms()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # whylogs warns on empty sketches; they come back as None
         ks = algorithms.KS().calculate(target_column_view=cur, reference_column_view=ref)

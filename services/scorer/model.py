@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model_store import libraries
 from model_store.scorer import MISSING_CATEGORY, ModelContract
 
 if TYPE_CHECKING:
@@ -138,13 +139,11 @@ def save_bento_model(scorer: Scorer, settings: Settings) -> bentoml.Model:
     """
     import bentoml
     import catboost
-    from bentoml._internal.models import ModelStore
-    from bentoml._internal.models.model import ModelContext
     from bentoml.exceptions import NotFound
 
-    store = ModelStore(model_store_path(settings))
+    store = model_store_path(settings)
     try:
-        stored = store.list(settings.model_name)
+        stored = libraries.bentoml.list_models(store, settings.model_name)
     except NotFound:
         stored = []
     for existing in stored:
@@ -152,8 +151,11 @@ def save_bento_model(scorer: Scorer, settings: Settings) -> bentoml.Model:
         if labels.get("registered_model") == scorer.name and labels.get("model_version") == scorer.version:
             logger.info("BentoML model %s already holds %s v%s", existing.tag, scorer.name, scorer.version)
             return existing
-    context = ModelContext(framework_name="catboost", framework_versions={"catboost": catboost.__version__})
-    with bentoml.models.create(
+    context = bentoml.models.ModelContext(
+        framework_name="catboost", framework_versions={"catboost": catboost.__version__}
+    )
+    with libraries.bentoml.create_model(
+        store,
         settings.model_name,
         module=MODULE,
         labels={"registered_model": scorer.name, "model_version": scorer.version},
@@ -164,7 +166,6 @@ def save_bento_model(scorer: Scorer, settings: Settings) -> bentoml.Model:
             "contract": scorer.contract.model_dump(mode="json"),
         },
         context=context,
-        _model_store=store,
     ) as bento_model:
         scorer.model.save_model(bento_model.path_of(MODEL_FILE))
     logger.info("stored %s v%s as BentoML model %s", scorer.name, scorer.version, bento_model.tag)
@@ -174,14 +175,13 @@ def save_bento_model(scorer: Scorer, settings: Settings) -> bentoml.Model:
 def find_bento_model(settings: Settings, in_bento: bool) -> bentoml.Model:
     """The newest stored model: the bento's own when serving a bento, else the one under ``bentoml_home``."""
     import bentoml
-    from bentoml._internal.models import ModelStore
     from bentoml.exceptions import NotFound
 
     tag = f"{settings.model_name}:latest"
     try:
         if in_bento:
             return bentoml.models.get(tag)
-        return bentoml.models.get(tag, _model_store=ModelStore(model_store_path(settings)))
+        return libraries.bentoml.get_model(model_store_path(settings), tag)
     except NotFound as error:
         raise ModelNotBuilt(
             f"no model {tag!r} in the BentoML store at {model_store_path(settings)}: run the build_service flow "

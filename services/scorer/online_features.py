@@ -3,8 +3,9 @@
 Feast's SDK path costs 0.3-1.5 ms of Python per call (request and response protobufs, registry lookups,
 ``to_dict``) around a 0.03 ms Redis read. ``RedisFeatureReader`` keeps Feast's semantics and format and drops
 the glue: the read plan (which views, which features, which on-demand views) is resolved once by Feast's own
-planner; keys, field names and values go through Feast's own functions (``_redis_key``, the Redis store's
-``_generate_hset_keys_for_features``, ``ValueProto`` and ``feast_value_type_to_python_type``); both entities
+planner; keys, field names and values go through Feast's own functions (its key serialization and the Redis
+store's field names, reached through ``model_store.libraries.feast``, then ``ValueProto`` and
+``feast_value_type_to_python_type``); both entities
 are read with one pipelined ``HMGET`` each; the on-demand view's own transformation runs on the result.
 ``SdkFeatureReader`` is the plain path, used for the SQLite fallback and anything the fast path does not
 cover. A parity test holds both to ``FeatureStore.get_online_features(features=feature_service, ...)``.
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from model_store import libraries
 from services.packed_commands import send
 
 if TYPE_CHECKING:
@@ -109,41 +111,27 @@ class FeaturePlan:
 
 def plan_feature_read(store: FeatureStore, feature_service_name: str) -> FeaturePlan:
     """Resolve the feature service into entities, views, on-demand views and the output columns."""
-    from feast import utils
     from feast.infra.online_stores.helpers import compute_versioned_name
-    from feast.infra.online_stores.redis import RedisOnlineStore
 
     service = store.get_feature_service(feature_service_name, allow_cache=True)
-    (
-        feature_refs,
-        on_demand_views,
-        entity_to_join_key,
-        entity_types,
-        _join_keys,
-        grouped_refs,
-        _result_names,
-        request_fields,
-        entityless,
-    ) = utils._get_online_request_context(store.registry, store.project, service, False)
+    context = libraries.feast.online_request_context(store, service)
+    entity_to_join_key, entity_types = context.entity_to_join_key, context.entity_types
 
     versioning = bool(getattr(store.config.registry, "enable_online_feature_view_versioning", False))
     blockers: list[str] = []
-    if entityless:
+    if context.entityless:
         blockers.append("a feature view without entities")
     by_entity: dict[tuple[str, ...], list[ViewPlan]] = {}
-    fields_by_entity: dict[tuple[str, ...], list[bytes | str]] = {}
+    fields_by_entity: dict[tuple[str, ...], list[bytes]] = {}
     entity_names: dict[tuple[str, ...], str] = {}
     view_of: dict[str, str] = {}
     entity_of_view: dict[str, str] = {}
-    for view, requested in grouped_refs:
+    for view, requested in context.grouped_refs:
         if view.projection.join_key_map:
             blockers.append(f"join-key aliases on {view.name}")
         stored_name = compute_versioned_name(view, versioning)
         # Feast's own field layout: a murmur3 field per "<view>:<feature>", then "_ts:<view>".
-        names, hset_keys = RedisOnlineStore()._generate_hset_keys_for_features(
-            view, list(requested), fv_name_override=stored_name
-        )
-        features = tuple(names[:-1])
+        features, hset_keys = libraries.feast.hset_fields(view, requested, stored_name)
         types_by_name = {f.name: f.dtype.to_value_type() for f in view.features}
         join_keys = tuple(entity_to_join_key[e] for e in view.entities)
         name = view.projection.name_to_use()
@@ -161,7 +149,7 @@ def plan_feature_read(store: FeatureStore, feature_service_name: str) -> Feature
         entity_of_view[name] = entity_names[join_keys]
         for feature in features:
             view_of.setdefault(feature, name)
-    for odfv in on_demand_views:
+    for odfv in context.on_demand_views:
         if odfv.mode != "python" or odfv.write_to_online_store or odfv.aggregations:
             blockers.append(f"on-demand view {odfv.name} in {odfv.mode} mode")
         for f in odfv.features:
@@ -173,18 +161,18 @@ def plan_feature_read(store: FeatureStore, feature_service_name: str) -> Feature
             join_keys=join_keys,
             key_types=tuple(entity_types[k] for k in join_keys),
             views=tuple(views),
-            fields=tuple(f.encode() if isinstance(f, str) else f for f in fields_by_entity[join_keys]),
+            fields=tuple(fields_by_entity[join_keys]),
         )
         for join_keys, views in by_entity.items()
     )
-    output_names = tuple(utils._parse_feature_ref(ref)[2] for ref in feature_refs)
+    output_names = tuple(libraries.feast.parse_feature_ref(ref)[2] for ref in context.feature_refs)
     all_join_keys = tuple(dict.fromkeys(k for e in entities for k in e.join_keys))
     return FeaturePlan(
         feature_service=feature_service_name,
         project=store.project,
         entities=entities,
-        on_demand_views=tuple(on_demand_views),
-        request_fields=frozenset(request_fields),
+        on_demand_views=tuple(context.on_demand_views),
+        request_fields=frozenset(context.request_fields),
         output_names=tuple(dict.fromkeys(output_names)),
         join_keys=all_join_keys,
         view_of=view_of,
@@ -284,17 +272,6 @@ def _column_decoder(value_type: ValueType) -> Callable[[Sequence[bytes | None]],
         return [next(values) if raw else None for raw in raws]
 
     return by_buffer
-
-
-def _entity_value_builder(value_type: ValueType) -> Callable[[Any], Any]:
-    """A request's join-key value as the ``ValueProto`` Feast keys it by (Feast's own type-to-field map)."""
-    from feast.protos.feast.types.Value_pb2 import Value
-    from feast.type_map import PROTO_VALUE_TO_VALUE_TYPE_MAP, python_values_to_proto_values
-
-    field = {t: f for f, t in PROTO_VALUE_TO_VALUE_TYPE_MAP.items()}.get(value_type)
-    if field in ("int32_val", "int64_val", "string_val"):
-        return lambda v: Value(**{field: v})
-    return lambda v: python_values_to_proto_values([v], value_type)[0]
 
 
 def _column_caster(value_type: ValueType) -> Callable[[Sequence[Any]], list[Any]]:
@@ -418,25 +395,24 @@ class RedisFeatureReader:
         if plan.fast_path_blocker:
             raise ValueError(f"the direct Redis read does not cover {plan.fast_path_blocker}")
         import hiredis
-        from feast.infra.online_stores.helpers import _redis_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from google.protobuf.timestamp_pb2 import Timestamp
 
         self.plan = plan
         self._connection = connection
-        self._key_version = key_version
-        self._redis_key = _redis_key
         # redis.asyncio packs commands in Python, rebuilding the buffer per argument (about 30 us for a
         # 20-field HMGET, more than the round trip): hiredis packs in C, and each entity's command is cached.
         self._pack = hiredis.pack_command
-        self._entity_key = EntityKey
         self._timestamp_from = Timestamp.FromString
         # Per entity and view, one column decoder per feature, resolved once (ValueType hashes slowly).
         self._decoders = {
             entity.name: [[_column_decoder(t) for t in view.value_types] for view in entity.views]
             for entity in plan.entities
         }
-        self._key_values = {e.name: [_entity_value_builder(t) for t in e.key_types] for e in plan.entities}
+        # Per entity, Feast's key of its join-key values, resolved once.
+        self._key_of = {
+            e.name: libraries.feast.key_encoder(plan.project, e.join_keys, e.key_types, key_version)
+            for e in plan.entities
+        }
         # Packed HMGET commands of recently seen entities (customers and merchants recur); bounded.
         self._commands: dict[tuple[Any, ...], bytes] = {}
         self._transformer = _Transformer(plan)
@@ -522,6 +498,7 @@ class RedisFeatureReader:
         except KeyError as error:
             raise ValueError(f"rows lack the join key {error} of entity {entity.name}") from error
         cache = self._commands
+        key_of = self._key_of[entity.name]
         index: dict[tuple[Any, ...], int] = {}
         commands: list[bytes] = []
         positions: list[int] = []
@@ -531,7 +508,7 @@ class RedisFeatureReader:
                 position = index[values] = len(commands)
                 cached = cache.get((entity.join_keys, values))
                 if cached is None:
-                    key = self._key_of(entity, values)
+                    key = key_of(values)
                     cached = cache[(entity.join_keys, values)] = self._pack(("HMGET", key, *entity.fields))
                 commands.append(cached)
             positions.append(position)
@@ -540,11 +517,6 @@ class RedisFeatureReader:
                 f"join key columns of {entity.name} hold {len(positions)} rows, expected {n_rows}"
             )
         return commands, positions
-
-    def _key_of(self, entity: EntityPlan, values: tuple[Any, ...]) -> bytes:
-        protos = [build(v) for v, build in zip(values, self._key_values[entity.name], strict=True)]
-        entity_key = self._entity_key(join_keys=list(entity.join_keys), entity_values=protos)
-        return self._redis_key(self.plan.project, entity_key, self._key_version)
 
     def _seconds(self, raw: bytes) -> float:
         """A view's ``_ts`` field (a protobuf Timestamp, as Feast writes it) in epoch seconds."""
@@ -627,14 +599,14 @@ def _is_connection_error(error: Exception) -> bool:
 
 def open_feature_reader(settings: Settings, feature_service_name: str) -> FeatureReader:
     """The fastest reader that reproduces Feast's answer for this store and feature service."""
-    from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
     store = settings.feature_store()
     plan = plan_feature_read(store, feature_service_name)
     config = store.config.online_store
     if isinstance(config, RedisOnlineStoreConfig) and config.redis_type == RedisType.redis:
         if plan.fast_path_blocker is None:
-            nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
+            nodes, params = libraries.feast.parse_redis_connection_string(config.connection_string)
             connection = {"host": nodes[0]["host"], "port": int(nodes[0]["port"]), **params}
             logger.info("reading %s from Redis directly (one pipelined round trip)", feature_service_name)
             return RedisFeatureReader(plan, connection, store.config.entity_key_serialization_version)

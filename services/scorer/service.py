@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from model_store import libraries
 from services.scorer.online_features import OnlineStoreUnavailable
 from services.scorer.settings import get_service_settings
 from services.scorer.transaction import BATCH_TOO_LARGE, Transaction, TransactionBatch
@@ -164,6 +165,7 @@ class OnlineScorer:
     """Scores card transactions with the registry's champion and Feast online features."""
 
     def __init__(self) -> None:
+        libraries.typeguard.apply_patches()  # before Feast is imported (by open_feature_reader)
         from services.scorer.metrics import scorer_metrics
         from services.scorer.model import load_serving_model
         from services.scorer.online_features import RedisFeatureReader, open_feature_reader

@@ -32,10 +32,12 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from model_store import libraries
 from services.stream.consumer import Command, Effects, Entry
 from services.stream.events import MalformedEvent, TransactionEvent, decode, raw_row
 from services.stream.runner import Role, main
@@ -60,9 +62,7 @@ class OnlineLayout:
     """One windowed view as Feast keeps it in Redis: the entity key, a murmur3 field per feature, ``_ts:<view>``."""
 
     view: WindowedView
-    project: str
-    key_version: int
-    key_value: Callable[[Any], Any]
+    redis_key: Callable[[Any], bytes]
     fields: tuple[bytes, ...]
     ts_field: bytes
     encoders: tuple[Callable[[Any], bytes], ...]
@@ -70,41 +70,27 @@ class OnlineLayout:
 
     @classmethod
     def of(cls, store: FeatureStore, feature_view: FeatureView, view: WindowedView) -> OnlineLayout:
-        from feast.infra.online_stores.helpers import _mmh3
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import python_values_to_proto_values
-
         key_type = feature_view.entity_columns[0].dtype.to_value_type()
-        if key_type.name == "INT64":
-            key_value: Callable[[Any], Any] = lambda v: Value(int64_val=int(v))  # noqa: E731
-        else:
-            key_value = lambda v: python_values_to_proto_values([v], key_type)[0]  # noqa: E731
         types = {f.name: f.dtype.to_value_type().name for f in feature_view.features}
-        values = _value_bytes()
-        encoders = tuple(values.int64 if types[f.name] == "INT64" else values.double for f in view.features)
+        values = _scalar_encoder()
         config = store.config
+        encode_key = libraries.feast.key_encoder(
+            config.project, [view.key], [key_type], config.entity_key_serialization_version
+        )
         return cls(
             view=view,
-            project=config.project,
-            key_version=config.entity_key_serialization_version,
-            key_value=key_value,
-            fields=tuple(_mmh3(f"{view.name}:{f.name}") for f in view.features),
-            ts_field=f"_ts:{view.name}".encode(),
-            encoders=encoders,
+            redis_key=lambda key: encode_key((key,)),
+            fields=tuple(libraries.feast.feature_field(view.name, f.name) for f in view.features),
+            ts_field=libraries.feast.timestamp_field(view.name),
+            encoders=tuple(
+                values.int64 if types[f.name] == "INT64" else values.double for f in view.features
+            ),
             key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
         )
 
-    def redis_key(self, key: Any) -> bytes:
-        """Feast's key of the entity's hash (serialized entity key, then the project)."""
-        from feast.infra.online_stores.helpers import _redis_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-
-        entity = EntityKey(join_keys=[self.view.key], entity_values=[self.key_value(key)])
-        return _redis_key(self.project, entity, entity_key_serialization_version=self.key_version)
-
     def write(self, redis_key: bytes, values: dict[str, Any], stamp_us: int) -> list[Command]:
         """HSET of the view's values and timestamp, as Feast's writer leaves them (plus its key TTL, if any)."""
-        fields: list[bytes] = [self.ts_field, _timestamp_bytes(stamp_us)]
+        fields: list[bytes] = [self.ts_field, libraries.feast.timestamp_bytes_of(stamp_us)]
         for feature, field, encode in zip(self.view.features, self.fields, self.encoders, strict=True):
             fields += (field, encode(values[feature.name]))
         commands: list[Command] = [("HSET", redis_key, *fields)]
@@ -113,59 +99,9 @@ class OnlineLayout:
         return commands
 
 
-class _ValueBytes:
-    """Feast's ``ValueProto`` bytes of int64 and double values, without a protobuf object per value.
-
-    A double is a tag byte and eight little-endian bytes: the tag is learned from Feast's serializer and checked
-    on sample values, else every value goes through Feast. Int64 bytes are memoized: counts repeat.
-    """
-
-    MEMO_LIMIT = 100_000
-
-    def __init__(self) -> None:
-        import struct
-
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        self._value = Value
-        self._pack = struct.Struct("<d").pack
-        sample = Value(double_val=1.5).SerializeToString()
-        self._double_tag = sample[:-8]
-        if any(
-            self.double(v) != Value(double_val=v).SerializeToString() for v in (1.5, 0.0, -2.25e300, 1e-300)
-        ):
-            self._double_tag = None
-        self._ints: dict[int, bytes] = {}
-
-    def double(self, value: float) -> bytes:
-        if self._double_tag is None:
-            return self._value(double_val=float(value)).SerializeToString()
-        return self._double_tag + self._pack(value)
-
-    def int64(self, value: int) -> bytes:
-        encoded = self._ints.get(value)
-        if encoded is None:
-            if len(self._ints) > self.MEMO_LIMIT:
-                self._ints.clear()
-            encoded = self._ints[value] = self._value(int64_val=int(value)).SerializeToString()
-        return encoded
-
-
-_VALUE_BYTES: _ValueBytes | None = None
-
-
-def _value_bytes() -> _ValueBytes:
-    global _VALUE_BYTES
-    if _VALUE_BYTES is None:
-        _VALUE_BYTES = _ValueBytes()
-    return _VALUE_BYTES
-
-
-def _timestamp_bytes(micros: int) -> bytes:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    seconds, remainder = divmod(micros, 1_000_000)
-    return Timestamp(seconds=seconds, nanos=remainder * 1_000).SerializeToString()
+@cache
+def _scalar_encoder() -> libraries.feast.ScalarEncoder:
+    return libraries.feast.ScalarEncoder()
 
 
 def partition_of(view: str, key: Any, partitions: int) -> int:

@@ -103,8 +103,10 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
 
 def main(make_role: RoleFactory) -> None:
     """The entry point of a stream process: its settings from the environment, then ``run``."""
+    from model_store import libraries
     from services.stream.settings import get_stream_settings
 
+    libraries.typeguard.apply_patches()  # before anything imports Feast
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run(get_stream_settings(), make_role))
 

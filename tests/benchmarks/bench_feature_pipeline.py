@@ -41,6 +41,10 @@ def main() -> None:
     project = f"bench_{uuid.uuid4().hex[:8]}"
     os.environ.update({"RTML_HOME": str(home), "RTML_FEAST_PROJECT": project})
 
+    from model_store import libraries
+
+    libraries.typeguard.apply_patches()  # before Feast is imported, as the flows do
+
     from prefect import flow
 
     from flows import feature_pipeline as fp

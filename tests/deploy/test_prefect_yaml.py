@@ -1,20 +1,34 @@
-"""prefect.yaml, checked offline: the deployments of docs/architecture.md, their schedules, pools, pull step, and
-default parameters validated by each flow's own parameter schema (the pydantic models in the flows)."""
+"""prefect.yaml, checked offline: the deployments of docs/architecture.md, their schedules, pools, pull step,
+default parameters validated by each flow's own parameter schema (the pydantic models in the flows), and the
+library patches each flow applies before its tasks import the libraries."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 import yaml
 
 from model_store.settings import REPO_ROOT
+from tests.conftest import leading_patches
 
 POOL = "local-process"
 # On-demand deployments whose flows need a value no default can give: what a run passes (docs/deployment.md).
 RUN_TIME_PARAMETERS = {
     "batch_scoring/batch-scoring": {"params": {"input_path": "/data/transactions.parquet"}},
+}
+# The patches of model_store.libraries each flow needs: typeguard's before its tasks import Feast, whylogs' for
+# profiling or reading profiles (docs/architecture.md, "Library patches and private APIs").
+PATCHES = {
+    "feature_pipeline": ["typeguard"],
+    "training_pipeline": ["typeguard", "whylogs"],
+    "batch_scoring": ["typeguard"],
+    "drift_report": ["whylogs"],
+    "build_service": [],
 }
 
 
@@ -96,3 +110,26 @@ def test_work_pool_pull_step_and_documented_alternatives() -> None:
     pools = declared["definitions"]["work_pools"]
     assert {"local_process", "docker", "kubernetes"} <= set(pools)
     assert pools["docker"]["job_variables"]["image"] == pools["kubernetes"]["job_variables"]["image"]
+
+
+@pytest.mark.parametrize("name", sorted(contract_deployments()))
+def test_each_flow_applies_its_library_patches_first(name: str) -> None:
+    flow = load_flow(deployments()[name]["entrypoint"])
+    assert leading_patches(flow.fn) == PATCHES[flow.name]
+
+
+def test_loading_the_flows_as_a_worker_does_imports_no_patched_library() -> None:
+    """So a flow's first statements patch before anything imports Feast or whylogs (3-4 s of Feast's import)."""
+    entrypoints = [str(REPO_ROOT / d["entrypoint"]) for d in deployments().values()]
+    code = f"""
+import json, sys
+from prefect.flows import load_flow_from_entrypoint
+from model_store import libraries
+for entrypoint in {entrypoints!r}:
+    load_flow_from_entrypoint(entrypoint)
+print(json.dumps([[m for m in ("feast", "whylogs") if m in sys.modules], libraries.typeguard.is_patched()]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == [[], False]

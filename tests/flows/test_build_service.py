@@ -17,6 +17,7 @@ from flows.build_service import (
     import_registry_model,
     pin_packages,
 )
+from model_store import libraries
 from model_store.registry import NoChampionError
 from model_store.settings import Settings
 from tests.services.champion import log_synthetic_champion
@@ -55,8 +56,6 @@ def test_without_a_champion_the_import_says_what_to_run(settings: Settings) -> N
 def test_flow_builds_a_self_contained_bento_of_the_champion(
     settings: Settings, prefect_harness: None
 ) -> None:
-    from bentoml._internal.models import ModelStore
-
     version = log_synthetic_champion(settings)
     result = build_service(BuildServiceParams())
     assert result["registered_model"] == settings.model_name and result["model_version"] == version
@@ -76,7 +75,7 @@ def test_flow_builds_a_self_contained_bento_of_the_champion(
     assert "catboost==" in requirements and "bentoml==" in requirements
 
     # The model travels inside the bento, with the contract the service reads.
-    stored = ModelStore(folder / "models").get(result["bento_model"])
+    stored = libraries.bentoml.get_model(folder / "models", result["bento_model"])
     assert Path(stored.path_of("model.cbm")).exists()
     assert stored.info.metadata["contract"]["features"] == ["amount", "channel"]
     assert stored.info.metadata["model_version"] == version

@@ -20,6 +20,9 @@ from model_store.scorer import ModelContract
 from model_store.settings import Settings, clear_settings, get_settings
 from model_store.tracking import ensure_experiment, mlflow_client
 
+# Profiled as the processes that profile do: with whylogs' patches (model_store.libraries.whylogs).
+pytestmark = pytest.mark.usefixtures("whylogs_patches")
+
 END = datetime(2026, 3, 10, tzinfo=UTC)
 THRESHOLD = 0.1
 LAG = timedelta(hours=PerformanceThresholds().label_lag_hours)

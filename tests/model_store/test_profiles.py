@@ -16,10 +16,12 @@ from model_store.profiles import (
     load_reference_profile,
     log_reference_profile,
     profile_frame,
-    read_profile,
     window_bounds,
 )
 from model_store.settings import Settings
+
+# Profiled as the processes that profile do: with whylogs' patches (their own tests: tests/model_store/libraries).
+pytestmark = pytest.mark.usefixtures("whylogs_patches")
 
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -148,52 +150,6 @@ def test_profile_frame_tracks_what_whylogs_default_schema_tracks() -> None:
     )
     # A fresh schema per profile: columns of an earlier frame do not appear in the next one.
     assert sorted(profile_frame(frame[["amount"]]).get_columns()) == ["amount"]
-
-
-# whylogs' running mean and variance meet +inf and -inf, on either path.
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_float_columns_split_at_once_profile_as_whylogs_own_split_does(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from whylogs.core.preprocessing import PreprocessedColumn
-
-    frame = make_frame(150).assign(flag=lambda f: f["score"] > 0.5, note=None)
-    frame.loc[[3, 7, 11], "amount"] = [np.nan, np.inf, -np.inf]
-    frame.loc[:40, "score"] = np.nan
-    ours = profile_frame(frame)
-    assert hasattr(PreprocessedColumn._pandas_split, "__wrapped__")  # the vectorized split is in place
-    monkeypatch.setattr(PreprocessedColumn, "_pandas_split", PreprocessedColumn._pandas_split.__wrapped__)
-    whylogs_own = profile_frame(frame)
-    amount = ours.get_column("amount").to_summary_dict()
-    assert (amount["counts/null"], amount["counts/nan"], amount["counts/inf"]) == (1, 1, 2)
-    # Under 200 values whylogs' sketches hold every value: equal profiles have equal summaries.
-    pd.testing.assert_frame_equal(
-        ours.to_pandas().sort_index(axis=1), whylogs_own.to_pandas().sort_index(axis=1)
-    )
-
-
-def test_read_profile_reuses_component_classes_and_reads_what_was_written() -> None:
-    frame = make_frame(500).assign(flag=lambda f: f["score"] > 0.5, note=None)
-    written = profile_frame(frame)
-    data = written.serialize()
-    first, second = read_profile(data), read_profile(data)
-
-    def summary(view: object) -> tuple[pd.DataFrame, dict]:
-        table = view.to_pandas().sort_index(axis=1)
-        items = table.pop("frequent_items/frequent_strings")  # ties come back in any order
-        return table, {c: sorted((i.value, i.est) for i in v) for c, v in items.dropna().items()}
-
-    expected, expected_items = summary(written)
-    for view in (first, second):
-        table, items = summary(view)
-        pd.testing.assert_frame_equal(table, expected)
-        assert items == expected_items
-    # whylogs 1.6 alone defines a new class per component read; the second read reuses the first one's.
-    mean = [v.get_column("amount").get_metric("distribution").mean for v in (first, second)]
-    assert type(mean[0]) is type(mean[1])
-    merged = first.merge(second).get_column("amount").to_summary_dict()
-    assert merged["counts/n"] == 1000
-    assert merged["distribution/mean"] == pytest.approx(frame["amount"].mean())
 
 
 def test_window_bounds_are_whole_hours() -> None:

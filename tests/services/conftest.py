@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import redis
 
+from model_store import libraries
 from model_store.settings import Settings, clear_settings, get_settings
 from tests.services.champion import log_champion, sample_rows
 
@@ -185,20 +186,15 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 def copy_entity_hashes(settings: Settings, target_url: str, rows: dict[str, list[int]]) -> list[bytes]:
     """Copy the Feast hashes of the given entities from the shared Redis to ``target_url``, byte for byte."""
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.value_type import ValueType
 
     source = redis.Redis.from_url(settings.redis_url)
     target = redis.Redis.from_url(target_url)
     copied = []
     for join_key, values in rows.items():
+        key_of = libraries.feast.key_encoder(settings.feast_project, [join_key], [ValueType.INT64], 3)
         for value in values:
-            key = _redis_key(
-                settings.feast_project,
-                EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)]),
-                3,
-            )
+            key = key_of([value])
             fields = source.hgetall(key)
             if fields:
                 target.hset(key, mapping=fields)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from model_store import libraries
 from model_store.settings import Settings
 from services.scorer.online_features import (
     OnlineStoreUnavailable,
@@ -28,19 +29,13 @@ def feast_answer(settings: Settings, rows: dict[str, list]) -> dict[str, list]:
 
 
 def entity_key(settings: Settings, join_key: str, value: int) -> bytes:
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.value_type import ValueType
 
-    return _redis_key(
-        settings.feast_project, EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)]), 3
-    )
+    return libraries.feast.key_encoder(settings.feast_project, [join_key], [ValueType.INT64], 3)([value])
 
 
 def field_of(view: str, feature: str) -> bytes:
-    from feast.infra.online_stores.helpers import _mmh3
-
-    return _mmh3(f"{view}:{feature}")
+    return libraries.feast.feature_field(view, feature)
 
 
 def rows_for(customers: list[int], merchants: list[int], now: int) -> dict[str, list]:

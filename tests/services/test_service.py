@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -13,8 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from model_store.registry import load_champion
-from model_store.settings import Settings
+from model_store.settings import REPO_ROOT, Settings
 from services.scorer.scoring import ScoreResult
+from tests.conftest import leading_patches
 from tests.services.champion import TEST_THRESHOLD, online_feature_frame
 from tests.services.conftest import known_ids, scorer_client, transaction
 
@@ -304,3 +307,15 @@ def test_scoring_endpoints_skip_tracing_unless_configured() -> None:
 
     # Spans cost a quarter of a worker at 32 connections with no exporter (docs/deployment.md).
     assert {"/score", "/score_batch"} <= set(OnlineScorer.config["tracing"]["excluded_urls"])
+
+
+def test_the_service_patches_typeguard_before_it_imports_feast() -> None:
+    """As ``bentoml serve`` runs it: the module imports without Feast, then ``__init__`` patches first."""
+    from services.scorer.service import OnlineScorer
+
+    code = "import sys\nimport services.scorer.service\nprint('feast' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split()[-1] == "False"
+    assert leading_patches(OnlineScorer.inner.__init__) == ["typeguard"]

@@ -25,6 +25,9 @@ from flows.monitoring.triggers import AlertOutcome
 from flows.monitoring.whylogs_backend import WhylogsBackend
 from model_store.profiles import profile_frame
 
+# Profiled as the processes that profile do: with whylogs' patches (model_store.libraries.whylogs).
+pytestmark = pytest.mark.usefixtures("whylogs_patches")
+
 BACKEND = WhylogsBackend()
 MODEL = {"name": "fraud_scorer", "version": "3", "run_id": "abc", "threshold": 0.4}
 END = datetime(2026, 3, 2, tzinfo=UTC)
