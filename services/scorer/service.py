@@ -69,7 +69,7 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="What is wrong, in a sentence.")
     details: list[ErrorDetail] = Field(
-        default_factory=list, description="For a bad request, each field at fault and why; absent otherwise."
+        default_factory=list, description="Each field at fault and why (400, 401, 413, 422); absent for 503."
     )
 
 
@@ -102,14 +102,22 @@ def json_response(payload: Any) -> Response:
     return Response(orjson.dumps(payload), media_type=JSON)
 
 
+def body_too_large(size: str | int, limit: int) -> Response:
+    return error_response(
+        413,
+        f"request body of {size} bytes exceeds the limit of {limit} bytes",
+        [{"field": "body", "reason": f"larger than {limit} bytes"}],
+    )
+
+
 async def read_body(request: Request, limit: int) -> bytes | Response:
     """The request body, or a 413 response when it is (or announces itself) larger than ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        return error_response(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        return body_too_large(declared, limit)
     body = await request.body()
     if len(body) > limit:
-        return error_response(413, f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        return body_too_large(len(body), limit)
     return body
 
 
