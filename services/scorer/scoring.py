@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 class ScoreResult(BaseModel):
-    """The answer for one transaction (documents the JSON the endpoints return)."""
+    """The answer for one transaction: its fraud probability, the decision and what the features lacked."""
 
     transaction_id: str
     fraud_probability: float = Field(ge=0, le=1)
@@ -50,6 +50,12 @@ class ScoreResult(BaseModel):
     unknown_entities: list[str] = Field(
         description="Entities (customer, merchant) the online store has never seen."
     )
+
+
+class ScoreBatchResult(BaseModel):
+    """The answer for a batch: one result per transaction, in the order they were sent."""
+
+    results: list[ScoreResult]
 
 
 class FeaturesMismatch(RuntimeError):

@@ -13,6 +13,10 @@ JSON, 422 for a request that breaks the schema, 413 for an oversized body or bat
 wrong ``X-API-Key`` (when ``settings.api_key`` is set) and 503 (with ``Retry-After``) while the online store is
 unreachable; the service recovers by itself when it is back. Readiness (``/readyz``) requires the model and
 a reachable online store.
+
+The endpoints, their request, response and error schemas (from the pydantic models) are in the service's
+OpenAPI document at ``/docs.json`` and among the routes of ``/schema.json`` that BentoML's clients read
+(``ApiDocsMiddleware``, services/scorer/openapi.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import bentoml
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +37,7 @@ from starlette.routing import Route
 
 from model_store import libraries
 from services.scorer.online_features import OnlineStoreUnavailable
+from services.scorer.openapi import ApiDescription, ApiDocsMiddleware, ErrorCase, Operation
 from services.scorer.settings import get_service_settings
 from services.scorer.transaction import BATCH_TOO_LARGE, Transaction, TransactionBatch
 
@@ -49,6 +54,24 @@ GC_THRESHOLDS = (100_000, 50, 1000)
 # Every wake-up of the traffic log's shipping thread took the event loop off the CPU for that long, several
 # times per shipment: /score p99 at one connection went from 9-11 ms to 4.6-6.4 ms here with 0.5 ms.
 SWITCH_INTERVAL_SECONDS = 0.0005
+API_KEY_HEADER = "X-API-Key"
+RETRY_AFTER_SECONDS = 1
+
+
+class ErrorDetail(BaseModel):
+    """One thing wrong with a request: the field (a dotted path; ``body`` for the whole body) and why."""
+
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer: what is wrong and, for a bad request, which fields and why."""
+
+    error: str = Field(description="What is wrong, in a sentence.")
+    details: list[ErrorDetail] = Field(
+        default_factory=list, description="Each field at fault and why (400, 401, 413, 422); absent for 503."
+    )
 
 
 def error_response(
@@ -80,14 +103,22 @@ def json_response(payload: Any) -> Response:
     return Response(orjson.dumps(payload), media_type=JSON)
 
 
+def body_too_large(size: str | int, limit: int) -> Response:
+    return error_response(
+        413,
+        f"request body of {size} bytes exceeds the limit of {limit} bytes",
+        [{"field": "body", "reason": f"larger than {limit} bytes"}],
+    )
+
+
 async def read_body(request: Request, limit: int) -> bytes | Response:
     """The request body, or a 413 response when it is (or announces itself) larger than ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        return error_response(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        return body_too_large(declared, limit)
     body = await request.body()
     if len(body) > limit:
-        return error_response(413, f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        return body_too_large(len(body), limit)
     return body
 
 
@@ -227,6 +258,10 @@ class OnlineScorer:
         """Ready when the model is loaded (it is, once constructed) and the online store answers."""
         return await self.scoring.reader.ping()
 
+    @property
+    def requires_api_key(self) -> bool:
+        return self._api_key is not None
+
     def authorize(self, request: Request) -> Response | None:
         """None when the request may proceed; 401 when an API key is configured and not presented."""
         if self._api_key is None:
@@ -236,12 +271,76 @@ class OnlineScorer:
             return error_response(
                 401,
                 "missing or invalid API key",
-                [{"field": "X-API-Key", "reason": "header required and must match the configured key"}],
-                headers={"WWW-Authenticate": "X-API-Key"},
+                [{"field": API_KEY_HEADER, "reason": "header required and must match the configured key"}],
+                headers={"WWW-Authenticate": API_KEY_HEADER},
             )
         return None
 
     def unavailable(self, error: OnlineStoreUnavailable) -> Response:
         """503 while the online store (or the decision record on it) is down: what is down, and retry shortly."""
         logger.warning("answering 503: %s", error)
-        return error_response(503, str(error), headers={"Retry-After": "1"})
+        return error_response(503, str(error), headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def describe_scoring_api() -> ApiDescription:
+    """The scoring endpoints as the running service answers them: its batch limit, and 401 only when it has
+    an API key."""
+    from services.scorer.scoring import ScoreBatchResult, ScoreResult
+
+    service: OnlineScorer = bentoml.get_current_service()
+    common = {
+        400: ErrorCase("The body is not JSON."),
+        422: ErrorCase("The request breaks the schema: `details` names each field at fault and why."),
+        503: ErrorCase(
+            "The online feature store (or the decision record on it) is unreachable; the service recovers by "
+            "itself when it is back.",
+            headers={
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+        ),
+    }
+    if service.requires_api_key:
+        common[401] = ErrorCase(
+            f"The {API_KEY_HEADER} header is missing or does not match the service's key.",
+            headers={
+                "WWW-Authenticate": {"description": "Names the header to send.", "schema": {"type": "string"}}
+            },
+        )
+    batch_limit = MAX_SCORE_BYTES + service.max_batch_size * MAX_BYTES_PER_TRANSACTION
+    return ApiDescription(
+        service=OnlineScorer.name,
+        operations=(
+            Operation(
+                "/score",
+                "score",
+                "Score one transaction.",
+                Transaction,
+                ScoreResult,
+                {**common, 413: ErrorCase(f"The body is larger than {MAX_SCORE_BYTES} bytes.")},
+            ),
+            Operation(
+                "/score_batch",
+                "score_batch",
+                f"Score up to {service.max_batch_size} transactions in one call; results come in the order sent.",
+                TransactionBatch,
+                ScoreBatchResult,
+                {
+                    **common,
+                    413: ErrorCase(
+                        f"The batch holds more than {service.max_batch_size} transactions, or the body is "
+                        f"larger than {batch_limit} bytes."
+                    ),
+                },
+            ),
+        ),
+        error=ErrorBody,
+        api_key_header=API_KEY_HEADER if service.requires_api_key else None,
+    )
+
+
+# The mounted routes are invisible to BentoML's /docs.json and /schema.json: this adds them (public API).
+OnlineScorer.add_asgi_middleware(ApiDocsMiddleware, describe=describe_scoring_api)

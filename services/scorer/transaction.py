@@ -72,8 +72,9 @@ class Transaction(BaseModel):
 
 
 class TransactionBatch(BaseModel):
-    """Transactions scored in one call; the largest accepted size is passed as ``context['max_batch_size']``."""
+    """Transactions scored in one call, at most the service's max_batch_size (RTML_MAX_BATCH_SIZE)."""
 
+    # The limit is a setting, so it is passed as validation context: ``context={"max_batch_size": ...}``.
     model_config = ConfigDict(extra="forbid")
 
     transactions: list[Transaction] = Field(min_length=1)

@@ -150,6 +150,30 @@ def test_metrics_endpoint_exports_ours_and_bentomls(server: Server, http_setting
     assert 'endpoint="/score"' in text
 
 
+def test_bentoml_client_finds_and_calls_the_scoring_endpoints(
+    server: Server, http_settings: Settings
+) -> None:
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    customers, merchants = known_ids(http_settings)
+    sent = transaction(customers[4], merchants[4], 20)
+    # The client reads its endpoints from /schema.json; the key goes in a header of its HTTP client.
+    with bentoml.SyncHTTPClient(server.url) as client:
+        client.client.headers["X-API-Key"] = KEY
+        assert {"score", "score_batch"} <= set(client.endpoints)
+        answer = client.score(**sent)
+        assert answer["transaction_id"] == sent["transaction_id"] and 0 <= answer["fraud_probability"] <= 1
+        batch = client.score_batch(transactions=[sent, transaction(customers[4], merchants[4], 21)])
+        assert [r["transaction_id"] for r in batch["results"]] == [
+            sent["transaction_id"],
+            f"svc-{customers[4]}-{merchants[4]}-21",
+        ]
+        with pytest.raises(BentoMLException, match="amount") as refused:
+            client.score(**{**sent, "amount": -1})
+        assert refused.value.error_code == 422
+
+
 def test_redis_stopped_gives_503_and_not_ready_then_recovers_without_restart(
     server: Server, http_settings: Settings
 ) -> None:

@@ -164,6 +164,7 @@ def test_oversized_bodies_and_wrong_methods_are_refused(client: TestClient) -> N
     huge = b'{"transaction_id": "' + b"x" * 70_000 + b'"}'
     answer = client.post("/score", content=huge)
     assert answer.status_code == 413 and "exceeds the limit" in answer.json()["error"]
+    assert answer.json()["details"] == [{"field": "body", "reason": "larger than 65536 bytes"}]
     assert client.get("/score").status_code == 405
 
 
