@@ -39,3 +39,11 @@ STREAM_PROCESSES = {
 }
 # /livez, /readyz and /metrics of every stream process, unless RTML_STREAM_HEALTH_PORT says otherwise.
 HEALTH_PORT = StreamSettings.model_fields["stream_health_port"].default
+
+
+def duration_seconds(duration: str) -> float:
+    """A compose duration (``30s``, ``1m30s``) in seconds: stop grace periods are compared with Kubernetes'."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)

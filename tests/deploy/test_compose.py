@@ -15,7 +15,7 @@ import yaml
 
 from model_store.settings import REPO_ROOT
 from tests.conftest import POSTGRES_DSN
-from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES
+from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES, duration_seconds
 
 BIN = Path(sys.executable).parent
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -27,14 +27,6 @@ RTML_HOME_MOUNT = "rtml-home:/var/lib/rtml"
 
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
-
-
-def seconds(duration: str) -> float:
-    """A compose duration (``30s``, ``1m30s``) in seconds."""
-    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
-    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
-    return sum(float(n) * units[u] for n, u in parts)
 
 
 def env_example() -> dict[str, str]:
@@ -138,10 +130,14 @@ def test_stream_process_runs_its_module_from_the_worker_image_and_stops_graceful
     port = int(service["environment"].get("RTML_STREAM_HEALTH_PORT", HEALTH_PORT))
     check = " ".join(service["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/readyz" in check, check
-    assert seconds(service["healthcheck"]["start_period"]) >= 30, "Feast and whylogs take seconds to import"
+    assert duration_seconds(service["healthcheck"]["start_period"]) >= 30, (
+        "Feast and whylogs take seconds to import"
+    )
     assert service["restart"] == "unless-stopped"
     # SIGTERM: the batch in hand is committed and a buffering process writes what it holds, then exit 0.
-    assert seconds(service["stop_grace_period"]) > 10, "Docker's default 10 s is all a stop would get"
+    assert duration_seconds(service["stop_grace_period"]) > 10, (
+        "Docker's default 10 s is all a stop would get"
+    )
     needs = {"redis"} | ({"postgres"} if process.module in ("processor", "scorer") else set())
     needs |= {"mlflow"} if process.module == "scorer" else set()
     assert needs <= set(service["depends_on"]), (
