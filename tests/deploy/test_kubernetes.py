@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,6 +242,23 @@ def test_prometheus_scrapes_every_replica_of_each_stream_process(
     assert annotations["prometheus.io/port"] == str(health)
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "health" and port["port"] == health
+
+
+def test_the_documented_scaling_overlay_keeps_replicas_and_partitions_equal(tmp_path: Path) -> None:
+    """The overlay docs/deployment.md shows, built against this base."""
+    docs = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "name: stream-processor" in b]
+    overlay = yaml.safe_load(block)
+    assert overlay["resources"] == ["../../deploy/k8s"]
+    overlay["resources"] = [os.path.relpath(BASE, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    kubectl = shutil.which("kubectl") or pytest.fail("kubectl is needed for `kubectl kustomize`")
+    done = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    deployment = by_kind([d for d in yaml.safe_load_all(done.stdout) if d], "Deployment", "stream-processor")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert deployment["spec"]["replicas"] == int(env["RTML_STREAM_PARTITIONS"]) > 1
 
 
 def test_processor_replicas_match_its_partitions_and_old_and_new_pods_never_run_together(
