@@ -10,7 +10,8 @@ FROM python:3.11-slim-bookworm
 
 COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
 
-# The worker image's uid: both write the shared RTML_HOME volume (profiles here, data and reports there).
+# The worker image's uid, as in Kubernetes (runAsUser 1000). The service writes no files: every decision goes
+# to the Redis stream, and the stream processes write the profiles, logs and raw files.
 ARG BENTO_USER_UID=1000
 ENV BENTO_PATH=/home/bentoml/bento \
     BENTOML_HOME=/home/bentoml/ \

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # The platform image: the locked environment and the project's code. It runs the Prefect worker (and the
-# flow runs it starts), the Prefect server and the MLflow server in docker-compose.yml and Kubernetes.
+# flow runs it starts), the Prefect server, the MLflow server and the stream processes
+# (`python -m services.stream.<name>`) in docker-compose.yml and Kubernetes.
 # Build from the repository root: docker build -f deploy/worker.Dockerfile -t realtime-ml/worker .
 FROM python:3.11-slim-bookworm
 

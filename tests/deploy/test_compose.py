@@ -15,12 +15,14 @@ import yaml
 
 from model_store.settings import REPO_ROOT
 from tests.conftest import POSTGRES_DSN
+from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES, duration_seconds
 
 BIN = Path(sys.executable).parent
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR:?error}; $$ escapes a dollar for the container.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 ONE_SHOT = {"prefect-deploy"}
+RTML_HOME_MOUNT = "rtml-home:/var/lib/rtml"
 
 
 def compose() -> dict:
@@ -99,8 +101,9 @@ def test_every_variable_is_documented_in_env_example_and_no_secret_is_inline() -
 
 def test_platform_processes_share_one_configuration_of_the_stores() -> None:
     services = compose()["services"]
-    for name in ("prefect-worker", "prefect-deploy", "fraud-scorer"):
+    for name in ("prefect-worker", "prefect-deploy", "fraud-scorer", *STREAM_PROCESSES):
         env = services[name]["environment"]
+        assert env["RTML_HOME"] == "/var/lib/rtml", name
         assert env["RTML_FEAST_REGISTRY"].startswith("postgresql+psycopg://"), name
         assert env["RTML_REDIS_URL"] == "redis://redis:6379/0", name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
@@ -113,9 +116,56 @@ def test_platform_processes_share_one_configuration_of_the_stores() -> None:
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     # MLflow 3 refuses Host headers it does not know: the other containers call it "mlflow:5000".
     assert "mlflow:5000" in command[command.index("--allowed-hosts") + 1].split(",")
-    # The worker's flow runs and the service share RTML_HOME: serving profiles feed the drift report.
-    assert "rtml-home:/var/lib/rtml" in services["prefect-worker"]["volumes"]
-    assert "rtml-home:/var/lib/rtml" in services["fraud-scorer"]["volumes"]
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_PROCESSES))
+def test_stream_process_runs_its_module_from_the_worker_image_and_stops_gracefully(name: str) -> None:
+    process = STREAM_PROCESSES[name]
+    services = compose()["services"]
+    service = services[name]
+    assert process.role_in_source(), f"services/stream/{process.module}.py has no role {process.role!r}"
+    assert service["command"] == process.command
+    assert service["image"] == services["prefect-worker"]["image"]
+    assert service["build"]["dockerfile"] == "deploy/worker.Dockerfile"
+    port = int(service["environment"].get("RTML_STREAM_HEALTH_PORT", HEALTH_PORT))
+    check = " ".join(service["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/readyz" in check, check
+    assert duration_seconds(service["healthcheck"]["start_period"]) >= 30, (
+        "Feast and whylogs take seconds to import"
+    )
+    assert service["restart"] == "unless-stopped"
+    # SIGTERM: the batch in hand is committed and a buffering process writes what it holds, then exit 0.
+    assert duration_seconds(service["stop_grace_period"]) > 10, (
+        "Docker's default 10 s is all a stop would get"
+    )
+    needs = {"redis"} | ({"postgres"} if process.module in ("processor", "scorer") else set())
+    needs |= {"mlflow"} if process.module == "scorer" else set()
+    assert needs <= set(service["depends_on"]), (
+        f"{name} starts before {sorted(needs - set(service['depends_on']))}"
+    )
+    # Optional processes sit behind a profile: `docker compose up` leaves them off.
+    assert bool(service.get("profiles")) == process.optional
+    assert "ports" not in service, "nothing calls a stream process from the host; replicas would clash"
+
+
+def test_processor_runs_one_container_per_partition() -> None:
+    processor = compose()["services"]["stream-processor"]
+    partitions = processor["environment"]["RTML_STREAM_PARTITIONS"]
+    assert partitions == "${RTML_STREAM_PARTITIONS:-1}"
+    assert processor["deploy"]["replicas"] == partitions
+    assert int(env_example()["RTML_STREAM_PARTITIONS"]) >= 1
+
+
+def test_rtml_home_is_mounted_only_by_the_processes_that_write_files() -> None:
+    """Flow runs and the two stream writers share it; the service and the other stream processes write none."""
+    services = compose()["services"]
+    mounting = {
+        name for name, service in services.items() if RTML_HOME_MOUNT in (service.get("volumes") or [])
+    }
+    writers = {name for name, process in STREAM_PROCESSES.items() if process.writes_files}
+    assert mounting == {"prefect-worker"} | writers
+    for name in STREAM_PROCESSES:
+        assert set(services[name].get("volumes") or []) <= {RTML_HOME_MOUNT}, name
 
 
 def test_worker_pool_matches_prefect_yaml() -> None:
@@ -193,9 +243,15 @@ def test_worker_image_copies_what_exists_and_its_ignore_file_lets_it_through() -
             sources += args.split()[:-1]
         if instruction == "RUN":
             sources += re.findall(r"type=bind,source=([\w./-]+)", args)
-    assert {"uv.lock", "pyproject.toml", "prefect.yaml", "flows/", "model_store/", "feature_repo/"} <= set(
-        sources
-    )
+    assert {
+        "uv.lock",
+        "pyproject.toml",
+        "prefect.yaml",
+        "flows/",
+        "model_store/",
+        "feature_repo/",
+        "services/",  # the stream processes run from this image
+    } <= set(sources)
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"worker.Dockerfile copies missing {source}"
         assert not ignored(source.rstrip("/"), patterns), f"{source} is excluded by the .dockerignore"
@@ -225,15 +281,15 @@ def test_images_run_as_an_unprivileged_user(name: str) -> None:
     assert users and users[-1] not in ("root", "0")
 
 
-def test_images_sharing_rtml_home_write_it_as_the_same_user() -> None:
-    """The worker and the service write one volume; different uids would leave one of them read-only."""
-    uids = set()
-    for name in ("worker.Dockerfile", "service.Dockerfile"):
-        text = (REPO_ROOT / "deploy" / name).read_text()
-        declared = re.search(r"ARG BENTO_USER_UID=(\d+)", text)
-        uid = declared.group(1) if declared else re.search(r"useradd --uid (\d+)", text).group(1)
-        uids.add(uid)
-    assert len(uids) == 1, uids
+def test_processes_sharing_rtml_home_write_it_as_the_same_user() -> None:
+    """Several containers write one volume; different uids would leave some of them read-only."""
     services = compose()["services"]
-    assert "rtml-home:/var/lib/rtml" in services["prefect-worker"]["volumes"]
-    assert "rtml-home:/var/lib/rtml" in services["fraud-scorer"]["volumes"]
+    writers = [
+        name for name, service in services.items() if RTML_HOME_MOUNT in (service.get("volumes") or [])
+    ]
+    assert len(writers) > 1
+    assert {services[name]["build"]["dockerfile"] for name in writers} == {"deploy/worker.Dockerfile"}
+    text = (REPO_ROOT / "deploy" / "worker.Dockerfile").read_text()
+    user = re.search(r"useradd --uid \d+ --create-home (\w+)", text).group(1)
+    assert re.search(rf"chown -R {user}:{user} /var/lib/rtml", text)
+    assert dict(dockerfile_instructions(REPO_ROOT / "deploy" / "worker.Dockerfile"))["USER"] == user

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from model_store.settings import REPO_ROOT
+from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES, duration_seconds
 
 BIN = Path(sys.executable).parent
 BASE = REPO_ROOT / "deploy" / "k8s"
@@ -48,6 +51,26 @@ def by_kind(resources: list[dict], kind: str, name: str) -> dict:
     return found
 
 
+def claim_mounts(pod: dict) -> dict[str, str]:
+    """Mount path -> claim name, for every container of a pod spec."""
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []}
+    return {
+        m["mountPath"]: claims[m["name"]]
+        for container in pod["containers"]
+        for m in container.get("volumeMounts") or []
+        if m["name"] in claims
+    }
+
+
+def mounting_rtml_home(resources: list[dict]) -> set[str]:
+    return {
+        r["metadata"]["name"]
+        for r in resources
+        if r["kind"] in ("Deployment", "StatefulSet")
+        and "rtml-home" in claim_mounts(r["spec"]["template"]["spec"]).values()
+    }
+
+
 def test_kustomize_build_passes_strict_schema_validation(built: tuple[str, list[dict]]) -> None:
     text, resources = built
     done = kubernetes_validate("-", stdin=text)
@@ -60,6 +83,8 @@ def test_kustomize_build_passes_strict_schema_validation(built: tuple[str, list[
         ("StatefulSet", "redis"),
         ("Service", "redis"),
         ("Deployment", "prefect-worker"),
+        *(("Deployment", name) for name in STREAM_PROCESSES),
+        *(("Service", name) for name in STREAM_PROCESSES),
     } <= kinds
     assert {r["metadata"].get("namespace") for r in resources if r["kind"] != "Namespace"} == {"realtime-ml"}
 
@@ -93,6 +118,7 @@ def test_service_probes_its_health_endpoints_and_requests_resources(built: tuple
         ("Deployment", "fraud-scorer"),
         ("Deployment", "prefect-worker"),
         ("StatefulSet", "redis"),
+        *(("Deployment", name) for name in STREAM_PROCESSES),
     ):
         for c in by_kind(resources, kind, name)["spec"]["template"]["spec"]["containers"]:
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), f"{name}/{c['name']}"
@@ -132,15 +158,16 @@ def test_worker_serves_the_pool_prefect_yaml_deploys_to_and_finds_the_stores(
     assert {"configMapRef", "secretRef"} <= {key for source in container["envFrom"] for key in source}
 
 
-def test_service_and_worker_share_rtml_home_on_a_read_write_many_claim(built: tuple[str, list[dict]]) -> None:
-    """The drift report (a flow run in the worker) reads the profiles every service replica writes."""
+def test_only_the_pods_that_write_files_share_rtml_home_on_a_read_write_many_claim(
+    built: tuple[str, list[dict]],
+) -> None:
+    """Flow runs read what the traffic log and the landing writer write; the service writes only to Redis."""
     _, resources = built
     home = by_kind(resources, "ConfigMap", "rtml-config")["data"]["RTML_HOME"]
-    for name in ("fraud-scorer", "prefect-worker"):
-        pod = by_kind(resources, "Deployment", name)["spec"]["template"]["spec"]
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
-        (container,) = pod["containers"]
-        mounts = {m["mountPath"]: claims[m["name"]] for m in container["volumeMounts"]}
+    writers = {name for name, process in STREAM_PROCESSES.items() if process.writes_files}
+    assert mounting_rtml_home(resources) == {"prefect-worker"} | writers
+    for name in {"prefect-worker"} | writers:
+        mounts = claim_mounts(by_kind(resources, "Deployment", name)["spec"]["template"]["spec"])
         assert mounts[home] == "rtml-home", name
     claim = by_kind(resources, "PersistentVolumeClaim", "rtml-home")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -150,6 +177,107 @@ def test_pods_sharing_rtml_home_run_as_the_same_user(built: tuple[str, list[dict
     _, resources = built
     contexts = [
         by_kind(resources, "Deployment", name)["spec"]["template"]["spec"]["securityContext"]
-        for name in ("fraud-scorer", "prefect-worker")
+        for name in mounting_rtml_home(resources)
     ]
+    assert len(contexts) > 1
     assert len({(c["runAsUser"], c["fsGroup"]) for c in contexts}) == 1
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_PROCESSES))
+def test_stream_process_deployment_probes_its_health_port_and_stops_gracefully(
+    built: tuple[str, list[dict]], name: str
+) -> None:
+    _, resources = built
+    process = STREAM_PROCESSES[name]
+    deployment = by_kind(resources, "Deployment", name)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == process.command
+    assert container["image"].startswith("realtime-ml/worker:")
+    env = {e["name"]: e["value"] for e in container.get("env") or []}
+    port = int(env.get("RTML_STREAM_HEALTH_PORT", HEALTH_PORT))
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": port}
+    assert container["startupProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    # The same settings as every other pod, and no setting of ours hard-coded that the ConfigMap holds.
+    sources = [next(iter(source.items())) for source in container["envFrom"]]
+    assert sorted((kind, ref["name"]) for kind, ref in sources) == [
+        ("configMapRef", "rtml-config"),
+        ("secretRef", "rtml-secrets"),
+    ]
+    assert not set(env) & set(by_kind(resources, "ConfigMap", "rtml-config")["data"]), name
+    assert "memory" in container["resources"]["limits"]
+    # SIGTERM commits the batch in hand (and writes what a buffering process holds): as long as compose gives.
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace == duration_seconds(compose["services"][name]["stop_grace_period"]) and grace > 10
+    # Optional processes are off until scaled up.
+    if process.optional:
+        assert deployment["spec"]["replicas"] == 0
+    else:
+        assert deployment["spec"]["replicas"] >= 1
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/part-of"] == "realtime-ml"
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_PROCESSES))
+def test_prometheus_scrapes_every_replica_of_each_stream_process(
+    built: tuple[str, list[dict]], name: str
+) -> None:
+    """As for fraud-scorer: a Service with prometheus.io annotations; headless, so each pod is a target."""
+    _, resources = built
+    pod_template = by_kind(resources, "Deployment", name)["spec"]["template"]
+    (container,) = pod_template["spec"]["containers"]
+    health = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+    service = by_kind(resources, "Service", name)
+    assert service["spec"]["selector"].items() <= pod_template["metadata"]["labels"].items()
+    assert service["spec"]["clusterIP"] == "None"
+    annotations = service["metadata"]["annotations"]
+    scraper = by_kind(resources, "Service", "fraud-scorer")["metadata"]["annotations"]
+    assert {k for k in annotations if k.startswith("prometheus.io/")} == {
+        k for k in scraper if k.startswith("prometheus.io/")
+    }
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == str(health)
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "health" and port["port"] == health
+
+
+def test_the_documented_scaling_overlay_keeps_replicas_and_partitions_equal(tmp_path: Path) -> None:
+    """The overlay docs/deployment.md shows, built against this base."""
+    docs = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "name: stream-processor" in b]
+    overlay = yaml.safe_load(block)
+    assert overlay["resources"] == ["../../deploy/k8s"]
+    overlay["resources"] = [os.path.relpath(BASE, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    kubectl = shutil.which("kubectl") or pytest.fail("kubectl is needed for `kubectl kustomize`")
+    done = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    deployment = by_kind([d for d in yaml.safe_load_all(done.stdout) if d], "Deployment", "stream-processor")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert deployment["spec"]["replicas"] == int(env["RTML_STREAM_PARTITIONS"]) > 1
+
+
+def test_processor_replicas_match_its_partitions_and_old_and_new_pods_never_run_together(
+    built: tuple[str, list[dict]],
+) -> None:
+    """Each pod leases one partition; a pod beyond the count waits as a spare and never gets ready, and pods
+    with different partition counts would both write the entities their partitions share."""
+    _, resources = built
+    deployment = by_kind(resources, "Deployment", "stream-processor")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert deployment["spec"]["replicas"] == int(env["RTML_STREAM_PARTITIONS"])
+    # The overlay patch the manifest's comment shows replaces env/0: keep the partitions first.
+    assert container["env"][0]["name"] == "RTML_STREAM_PARTITIONS"
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in STREAM_PROCESSES.items() if p.writes_files))
+def test_stream_writers_run_one_pod_at_a_time(built: tuple[str, list[dict]], name: str) -> None:
+    deployment = by_kind(resources=built[1], kind="Deployment", name=name)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}

@@ -1,8 +1,10 @@
-"""Prometheus and Grafana configuration, checked against what a served BentoML service really exports.
+"""Prometheus and Grafana configuration, checked against what the service and the stream processes export.
 
-The metric names come from a real ``bentoml serve`` scrape, not a list: BentoML's own request metrics (their
-namespace depends on BentoML's serving configuration) and the scorer's metrics from ``services.scorer.metrics``,
-exercised once so every family has samples.
+The metric names come from real expositions, not a list: a ``bentoml serve`` scrape for the service (BentoML's
+own request metrics, whose namespace depends on BentoML's serving configuration, and the scorer's metrics from
+``services.scorer.metrics``, exercised once so every family has samples), and for the stream processes the
+exposition their health server serves, made in-process from ``services.stream.health``'s collector over a
+consumer with counts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 import yaml
 
 from model_store.settings import REPO_ROOT
+from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES
 
 BIN = Path(sys.executable).parent
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "fraud-scorer.json"
@@ -123,6 +126,35 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="module")
+def stream_exposition() -> str:
+    """What /metrics of each stream process serves once its consumer has processed, failed and lagged."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from redis.asyncio import Redis
+
+    from services.stream.consumer import ConsumerStats, Effects, Entry, GroupConsumer
+    from services.stream.health import StreamCollector
+
+    async def handler(entries: list[Entry]) -> Effects:
+        raise AssertionError("the consumer does not run: only its counters are read")
+
+    texts = []
+    for process in STREAM_PROCESSES.values():
+        # One registry per process, as each process has its own (the families share names across roles).
+        registry = CollectorRegistry()
+        collector = StreamCollector(process.role)
+        consumer = GroupConsumer(
+            Redis(), ["rtml:transactions:t"], process.role, handler, dead_letter_stream="rtml:dead-letter:t"
+        )
+        consumer.stats = ConsumerStats(
+            batches=2, entries=10, dead_letters=1, errors=1, lag_events=5, lag_seconds=0.5, redis_ok=True
+        )
+        collector.consumer = consumer
+        registry.register(collector)
+        texts.append(generate_latest(registry).decode())
+    return "".join(texts)
+
+
 def exported(exposition: str) -> dict[str, set[str]]:
     """Sample names in an exposition, each with the label names its samples carry."""
     samples: dict[str, set[str]] = {}
@@ -155,7 +187,11 @@ def referenced(expr: str) -> tuple[set[str], set[str]]:
 
 def dashboard_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])  # rows have none
+    ]
 
 
 def test_promql_parsing_finds_metrics_and_labels() -> None:
@@ -177,12 +213,55 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "missing",
         "score distribution",
         "model version",
+        "consumer lag (events)",
+        "consumer lag (seconds)",
+        "events per second",
+        "dead letters",
+        "processes up",
     ):
         assert topic in titles, topic
 
 
-def test_every_dashboard_query_names_exported_metrics_and_labels(exposition: str) -> None:
+def test_stream_panels_sit_in_their_row_below_the_service_panels_without_overlapping() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (row,) = [p for p in panels if p["type"] == "row"]
+    assert row["title"] == "Stream processes" and not row["collapsed"]
+    for panel in panels:
+        stream = any("stream_" in target["expr"] for target in panel.get("targets", []))
+        if panel is not row:
+            assert (panel["gridPos"]["y"] > row["gridPos"]["y"]) == stream, panel["title"]
+    cells = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_the_stream_metrics_are_exported_by_every_role(stream_exposition: str) -> None:
+    samples = exported(stream_exposition)
+    for name in (
+        "stream_events_total",
+        "stream_dead_letters_total",
+        "stream_errors_total",
+        "stream_batches_total",
+        "stream_consumer_lag_events",
+        "stream_consumer_lag_seconds",
+        "stream_up",
+    ):
+        assert samples.get(name) == {"role"}, name
+    roles = set(re.findall(r'^stream_up\{role="([^"]+)"\} 1\.0$', stream_exposition, re.MULTILINE))
+    assert roles == {process.role for process in STREAM_PROCESSES.values()}
+
+
+def test_every_dashboard_query_names_exported_metrics_and_labels(
+    exposition: str, stream_exposition: str
+) -> None:
     samples = exported(exposition)
+    for name, labels in exported(stream_exposition).items():
+        samples.setdefault(name, set()).update(labels)
     for title, expr in dashboard_queries():
         names, labels = referenced(expr)
         assert names, f"{title}: no metric in {expr}"
@@ -214,6 +293,34 @@ def test_prometheus_scrapes_the_service_container() -> None:
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     assert host in compose["services"]
     assert any(str(p).endswith(f":{port}") for p in compose["services"][host]["ports"])
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_PROCESSES))
+def test_prometheus_scrapes_each_stream_process_in_compose(name: str) -> None:
+    """Every container of the service, on its health port, even when the processor runs one per partition."""
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    service = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"][name]
+    port = int(service["environment"].get("RTML_STREAM_HEALTH_PORT", HEALTH_PORT))
+    jobs = [
+        job
+        for job in config["scrape_configs"]
+        for sd in job.get("dns_sd_configs") or []
+        if name in sd["names"] and sd["type"] == "A" and sd["port"] == port
+    ]
+    assert len(jobs) == 1, f"no single DNS-discovered scrape of {name}:{port}"
+    (job,) = jobs
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    # Targets found by DNS are IP addresses: the service name stays on them as a label.
+    assert {"source_labels": ["__meta_dns_name"], "target_label": "service"} in job["relabel_configs"]
+
+
+def test_prometheus_discovers_no_name_compose_does_not_run() -> None:
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    names = {
+        n for job in config["scrape_configs"] for sd in job.get("dns_sd_configs") or [] for n in sd["names"]
+    }
+    assert names == set(STREAM_PROCESSES) and names <= set(services)
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboard_folder() -> None:
