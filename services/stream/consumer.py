@@ -120,6 +120,7 @@ class GroupConsumer:
         self._stopping = asyncio.Event()
         self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
         self._claimed = False
+        self._in_flight: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
         # Entries another member read and never acknowledged are taken over once idle this long: at once
         # behind a fence (the lease says the other member is gone), after a minute otherwise.
@@ -157,6 +158,7 @@ class GroupConsumer:
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 self.stats.redis_ok = False
                 self.stats.errors += 1
+                await self._drop_in_flight()
                 # Redis may come back without the last second of what we wrote (it restarted from its
                 # append-only file): re-read what is pending and let the handler reload its state.
                 self._pending_from = dict.fromkeys(self.streams, "0")
@@ -176,8 +178,19 @@ class GroupConsumer:
                     raise
                 # Redis lost the group (restarted without persistence): make it again, from the stream's start.
                 logger.warning("%s: consumer group missing (%s); creating it again", self.group, error)
+                await self._drop_in_flight()
                 groups_ready = False
                 self._pending_from = dict.fromkeys(self.streams, "0")
+                if self.on_state_lost is not None:
+                    self.on_state_lost()
+        await self.settle()
+
+    async def _drop_in_flight(self) -> None:
+        """After an error: the commit in flight (if any) has failed or will be read again; wait it out quietly."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await task
 
     async def claim_pending(self) -> None:
         """Take over entries a previous member of the group read and never acknowledged (it crashed)."""
@@ -249,6 +262,12 @@ class GroupConsumer:
         return _entries(reply)
 
     async def process(self, entries: list[Entry]) -> None:
+        """Hand the batch to the handler, then commit it while the next one is read and handled.
+
+        One commit is in flight at a time: Redis executes batch k's transaction on its core while this process
+        reads and computes batch k+1, and k+1 is committed only after k succeeded. If k fails, k+1's effects are
+        dropped with the handler's state, and both batches are read again from the pending entries.
+        """
         present = [e for e in entries if e.fields is not None]
         effects = await self.handler(present) if present else Effects()
         effects.dead_letters.extend(
@@ -256,13 +275,24 @@ class GroupConsumer:
             for e in entries
             if e.fields is None
         )
+        await self.settle()
+        self._in_flight = asyncio.create_task(self._commit(entries, effects))
+
+    async def settle(self) -> None:
+        """Wait for the commit in flight; if it failed, the handler forgets its state and the error is raised."""
+        task, self._in_flight = self._in_flight, None
+        if task is None:
+            return
         try:
-            await self.commit(entries, effects)
+            await task
         except BaseException:
             # The handler's in-memory state moved ahead of what Redis holds: let it forget.
             if self.on_state_lost is not None:
                 self.on_state_lost()
             raise
+
+    async def _commit(self, entries: list[Entry], effects: Effects) -> None:
+        await self.commit(entries, effects)
         self.stats.batches += 1
         self.stats.entries += len(entries)
         self.stats.dead_letters += len(effects.dead_letters)

@@ -28,7 +28,7 @@ LIVENESS_SECONDS = 60.0
 class StreamCollector:
     """Prometheus collector over a consumer's counters, labelled with the process's role."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str = "") -> None:
         self.role = role
         self.consumer: GroupConsumer | None = None
 
@@ -65,8 +65,9 @@ class StreamCollector:
         yield up
 
 
-def stream_metrics(role: str) -> StreamCollector:
-    """The process's collector, registered once with prometheus_client's default registry."""
+def stream_metrics(role: str = "") -> StreamCollector:
+    """The process's collector, registered once with prometheus_client's default registry; its role (the
+    metrics' label) may be named later, when the process knows it."""
     from prometheus_client import REGISTRY
 
     collector = StreamCollector(role)

@@ -61,13 +61,14 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    health: HealthServer | None = None
+    # Serving health first: a spare waiting for a partition is alive (and not ready), not a stuck process.
+    health = HealthServer(settings.stream_health_port, stream_metrics())
+    health.start()
     try:
         role = await make_role(settings, client, stopping)
         if role is None:
             return
-        health = HealthServer(settings.stream_health_port, stream_metrics(role.name))
-        health.start()
+        health.collector.role = role.name
         consumer = GroupConsumer(
             client,
             role.streams,
@@ -96,8 +97,7 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
             await role.release()
         logger.info("%s stopped after %d entries", role.name, consumer.stats.entries)
     finally:
-        if health is not None:
-            health.stop()
+        health.stop()
         await client.aclose()
 
 

@@ -399,31 +399,40 @@ class EntityWindows:
             values.insert(position, row[column])
         self.ids.add(event_id)
         if newest is None or time_us > newest:
+            # The newest event moved: each window's start slides past what fell out of it, then takes the event.
             for window, left in self._left.items():
                 limit = time_us - window
-                while times[left] <= limit:
-                    self._shift(window, left, -1)
-                    left += 1
-                self._left[window] = left
-                self._shift(window, position, +1)
+                if times[left] <= limit:
+                    while times[left] <= limit:
+                        self._leave(window, left)
+                        left += 1
+                    self._left[window] = left
+                self._enter(window, row)
         else:
             for window in self._left:
                 if time_us > newest - window:
-                    self._shift(window, position, +1)
+                    self._enter(window, row)
                 else:  # inserted before the window's first event
                     self._left[window] += 1
         self._prune()
         return True
 
-    def _shift(self, window: int, position: int, sign: int) -> None:
-        """Move the event at ``position`` into (+1) or out of (-1) ``window``'s aggregates."""
+    def _enter(self, window: int, row: Mapping[str, Any]) -> None:
+        sums = self._sums[window]
+        for column in sums:
+            sums[column] += row[column]
+        for column, counts in self._distinct[window].items():
+            value = row[column]
+            counts[value] = counts.get(value, 0) + 1
+
+    def _leave(self, window: int, position: int) -> None:
         values = self.values
         sums = self._sums[window]
         for column in sums:
-            sums[column] += sign * values[column][position]
+            sums[column] -= values[column][position]
         for column, counts in self._distinct[window].items():
             value = values[column][position]
-            left = counts.get(value, 0) + sign
+            left = counts[value] - 1
             if left:
                 counts[value] = left
             else:

@@ -128,7 +128,7 @@ def drain(settings: StreamSettings, partitions: int = 1, timeout: float = 120) -
                     f"{GROUP}-{partition}-of-{partitions}",
                     processor.handle,
                     dead_letter_stream=settings.stream("dead-letter"),
-                    on_state_lost=state.forget,
+                    on_state_lost=processor.forget,
                 )
             )
 
@@ -387,3 +387,32 @@ def test_a_standby_process_takes_over_an_expired_lease(stream_settings: StreamSe
         return first[0], second[0]
 
     assert asyncio.run(run()) == (0, 0)
+
+
+def test_a_processor_with_another_partition_count_waits_for_the_running_ones(
+    stream_settings: StreamSettings,
+) -> None:
+    """Two partition counts at once would give an entity two writers: the newcomer waits for the others."""
+    from services.stream.processor import acquire_partition
+
+    async def run() -> None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(stream_settings.redis_url)
+        one = stream_settings.model_copy(update={"stream_partitions": 1, "stream_lease_seconds": 0.5})
+        two = stream_settings.model_copy(update={"stream_partitions": 2, "stream_lease_seconds": 0.5})
+        stopping = asyncio.Event()
+        held = await acquire_partition(client, one, b"old", stopping)
+        assert held is not None
+        newcomer = asyncio.create_task(acquire_partition(client, two, b"new", stopping))
+        for _ in range(4):  # the old processor renews its lease: the newcomer keeps waiting
+            await asyncio.sleep(0.2)
+            assert await held[1].renew()
+            assert not newcomer.done()
+        await held[1].release()  # stopped: its lease is gone
+        acquired = await asyncio.wait_for(newcomer, 5)
+        assert acquired is not None and acquired[0] == 0
+        assert await client.get(f"rtml:partitions:windows:{stream_settings.feast_project}") == b"2"
+        await client.aclose()
+
+    asyncio.run(run())
