@@ -41,9 +41,10 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-# Loggers whose INFO records show on the running step's live line: what the step's runs are doing now.
-STATUS_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "flows.", "model_store.")
+# ``run``: the flow or task run's name in brackets, when the record carries it (Prefect's run loggers do).
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(run)s: %(message)s"
+# Loggers (and their children) whose INFO records show on the running step's live line: what its runs do now.
+STATUS_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "flows", "model_store")
 QUIET_STATUS = ("Finished in state", "View at ")
 
 
@@ -87,22 +88,13 @@ class Bar:
 
 
 class _LogFormatter(logging.Formatter):
-    """``LOG_FORMAT``, with the flow or task run's name after the logger's when the record carries it
-    (Prefect's run loggers do)."""
-
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
         run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
-        if not run:
-            return super().format(record)
-        name = record.name
-        record.name = f"{name} [{run}]"
-        try:
-            return super().format(record)
-        finally:
-            record.name = name
+        record.run = f" [{run}]" if run else ""
+        return super().format(record)
 
 
 class _StatusHandler(logging.Handler):
@@ -113,7 +105,7 @@ class _StatusHandler(logging.Handler):
         self.steps = steps
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith(STATUS_LOGGERS) and record.name not in {"flows", "model_store"}:
+        if not any(record.name == name or record.name.startswith(f"{name}.") for name in STATUS_LOGGERS):
             return
         message = record.getMessage()
         if not message.startswith(QUIET_STATUS):

@@ -24,7 +24,9 @@ def test_steps_and_results_on_the_terminal_everything_else_in_the_log(
     with Steps(total=2, log_path=log_path) as steps:
         steps.result("state in /somewhere")
         steps.step("Generate data")
-        logging.getLogger("prefect.task_runs").info("Finished in state Completed()")
+        # As Prefect's task run logger sends it: with the run's name.
+        run_logger = logging.getLogger("prefect.task_runs")
+        run_logger.info("Finished in state Completed()", extra={"task_run_name": "ingest-1a2"})
         logging.getLogger("flows.feature_store.validation").info("Batch b1: 9 valid, 1 quarantined")
         logging.getLogger("some.library").warning("a library warning")
         logging.getLogger("some.library").info("a library's chatter")
@@ -48,7 +50,7 @@ def test_steps_and_results_on_the_terminal_everything_else_in_the_log(
     assert terminal.err == ""
 
     log = log_path.read_text()
-    assert "INFO    prefect.task_runs: Finished in state Completed()" in log
+    assert "INFO    prefect.task_runs [ingest-1a2]: Finished in state Completed()" in log
     assert "flows.feature_store.validation: Batch b1: 9 valid, 1 quarantined" in log
     assert "WARNING some.library: a library warning" in log and "chatter" not in log
     assert "py.warnings" in log and "DeprecationWarning: old_api() is deprecated" in log
