@@ -134,18 +134,17 @@ class Steps:
         self._capture_logging()
         self._exit.enter_context(redirect_stdout(self.log))
         self._exit.enter_context(redirect_stderr(self.log))
+        # One row per task, never wrapped: a narrow terminal shortens the descriptions instead.
         self._progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}", markup=False),
-            _Bar(bar_width=30),
-            _Count(),
-            TimeElapsedColumn(),
             TextColumn(
-                "{task.fields[status]}",
+                "{task.description}",
                 markup=False,
-                style="dim",
                 table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
             ),
+            _Bar(bar_width=24),
+            _Count(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(),
             console=self.console,
             transient=True,
             redirect_stdout=False,
@@ -196,7 +195,8 @@ class Steps:
                 (f"   {clock(time.monotonic() - self.started)}", "dim"),
             )
         )
-        self._step_task = self._progress.add_task(title, total=None, status="")
+        # The title is on the line above: the live line is the step's number, what it does now and its time.
+        self._step_task = self._progress.add_task(self._live_line(""), total=None)
 
     def result(self, text: str) -> None:
         """A line the command reports: indented under the running step."""
@@ -208,12 +208,15 @@ class Steps:
     def status(self, text: str) -> None:
         """What the running step does now, on its live line (replaced by the next)."""
         if self._step_task is not None:
-            self._progress.update(self._step_task, status=" ".join(text.split())[:300])
+            self._progress.update(self._step_task, description=self._live_line(text))
+
+    def _live_line(self, text: str) -> str:
+        return f"[{self.number}/{self.total}] {' '.join(text.split())[:300]}".rstrip()
 
     @contextmanager
     def progress(self, description: str, total: float | None, unit: str = "") -> Iterator[Bar]:
         """A progress bar below the running step's line while the block runs (``total=None``: no bar)."""
-        task = self._progress.add_task(description, total=total, unit=unit, status="")
+        task = self._progress.add_task(description, total=total, unit=unit)
         try:
             yield Bar(self._progress, task)
         finally:
