@@ -479,6 +479,7 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         # `feast apply` runs in its own interpreter (~6 s); the pipeline's apply task waits for it to finish.
         applied = background.submit(apply_definitions, settings)
         preparing = background.submit(prepare, settings, size, end, steps)
+        steps.status("generating the data while the Prefect server starts")
         server_ready()
         # Deployments matter from the drift report on; applying them overlaps the first pipeline and training.
         deployed = background.submit(deploy, api, prefect_home, size)
