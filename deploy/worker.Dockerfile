@@ -27,6 +27,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     uv sync --frozen --no-dev --no-install-project
 
+# pyproject.toml's [tool.prefect] settings apply to every Prefect process started in this directory.
 COPY pyproject.toml uv.lock prefect.yaml ./
 COPY model_store/ model_store/
 COPY feature_repo/ feature_repo/

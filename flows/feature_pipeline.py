@@ -61,7 +61,6 @@ class IngestedBatches:
 @task
 def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> ReferenceTables:
     """Validate customers and merchants when their files changed; otherwise reuse the validated copies."""
-    logger = get_run_logger()
     manifest = settings.data_dir / "reference_manifest.json"
     new = {b.name: b for b in find_new_batches(settings.raw_dir, manifest)}
     tables: dict[str, pd.DataFrame] = {}
@@ -78,7 +77,6 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
             validated.parent.mkdir(parents=True, exist_ok=True)
             result.valid.to_parquet(validated, index=False)
             record_batch(manifest, new[name], {"rows": len(frame), "quarantined": len(result.quarantined)})
-            logger.info("%s: %d valid, %d quarantined", name, len(result.valid), len(result.quarantined))
         elif not validated.exists():
             raise FileNotFoundError(
                 f"{settings.raw_dir / name}.parquet (or .csv) is missing: the pipeline needs the {name} table"
@@ -92,7 +90,6 @@ def ingest_transactions(
     settings: Settings, reference: ReferenceTables, max_invalid_fraction: float
 ) -> IngestedBatches:
     """Validate each new transactions file; good rows join the validated store, bad ones go to quarantine."""
-    logger = get_run_logger()
     manifest = settings.data_dir / "transactions_manifest.json"
     batches = find_new_batches(settings.raw_dir / "transactions", manifest)
     store = settings.validated_dir / "transactions"
@@ -129,9 +126,6 @@ def ingest_transactions(
             "quarantined": len(result.quarantined),
             "reasons": result.reason_counts,
         }
-        logger.info(
-            "batch %s: %d valid, %d quarantined", batch.name, len(result.valid), len(result.quarantined)
-        )
     transactions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     from_files = pd.concat(file_frames, ignore_index=True) if file_frames else pd.DataFrame()
     return IngestedBatches(transactions, batches, summaries, from_files)
@@ -268,16 +262,6 @@ def materialize_online(settings: Settings, tables: dict[str, pd.DataFrame]) -> d
         raise ConnectionError(
             f"Redis at {settings.redis_url} is unreachable ({exc}); start it, or set RTML_ONLINE_STORE=sqlite"
         ) from exc
-    logger = get_run_logger()
-    for r in results:
-        rate = r.entities_written / r.seconds if r.seconds else float("inf")
-        logger.info(
-            "online %s: %d entities in %.2fs (%.0f rows/s)",
-            r.feature_view,
-            r.entities_written,
-            r.seconds,
-            rate,
-        )
     return {r.feature_view: r.entities_written for r in results}
 
 

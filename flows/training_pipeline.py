@@ -197,9 +197,7 @@ def promote_if_better(
     decision = registry.decide_promotion(
         report.headline(), champion_metrics, params.promotion, champion.version if champion else None
     )
-    registry.record_decision(version, decision, settings)
-    verdict = "promoted to champion" if decision.promote else "stays challenger"
-    get_run_logger().info("v%s %s: %s", version, verdict, "; ".join(decision.reasons))
+    registry.record_decision(version, decision, settings)  # logs the verdict and its reasons
     return decision
 
 

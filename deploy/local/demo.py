@@ -1,9 +1,12 @@
 """`make demo`: the platform's whole lifecycle on embedded defaults, step by step, with progress on the terminal.
 
-This is the CLI surface (it prints). Each step runs the same flows a Prefect deployment runs, against a
-Prefect server the demo starts (unless ``PREFECT_API_URL`` names one), with every deployment of
-``prefect.yaml``: the drift report's alert reaches the training deployment through the automation declared
-there, and a worker runs it, as on a platform. ``DEMO_SMALL=1`` runs the same steps on small data.
+This is the CLI surface. Each step runs the same flows a Prefect deployment runs, against a Prefect server
+the demo starts (unless ``PREFECT_API_URL`` names one), with every deployment of ``prefect.yaml``: the drift
+report's alert reaches the training deployment through the automation declared there, and a worker runs it,
+as on a platform. ``DEMO_SMALL=1`` runs the same steps on small data.
+
+The terminal shows the steps, progress and results (``deploy/local/steps.py``); the full log (Prefect's run
+logs, our loggers, library warnings and prints) goes to ``demo.log`` in the demo's home.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import httpx
 import pandas as pd
 
 from deploy.local import servers
+from deploy.local.steps import Bar, Steps
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
 from model_store import libraries
 from model_store.settings import Settings, clear_settings, get_settings
@@ -37,6 +41,9 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
 TRAINING_DEPLOYMENT = "training_pipeline/training-pipeline"
+STEPS = 7
+# The tuning logs one line per hyperparameter trial: the training's progress, in-process or read from the API.
+TRIAL_LOGGER = "flows.training.tuning"
 # Imported while the Prefect server starts; the service build's (BentoML) while DuckDB and CatBoost train the
 # first model, with the GIL released; the drift report's (~2.5 s) while the service starts.
 WARM_MODULES = ("feast", "feast.infra.offline_stores.duckdb", "flows.training_pipeline")
@@ -81,19 +88,7 @@ SMALL = DemoSize(
 )
 
 
-DEMO_STARTED = time.monotonic()
-
-
-def step(number: int, title: str) -> None:
-    elapsed = int(time.monotonic() - DEMO_STARTED)
-    print(f"\n==> [{number}/7] {title}   [{elapsed // 60}:{elapsed % 60:02d} elapsed]", flush=True)
-
-
-def say(text: str) -> None:
-    print(f"    {text}", flush=True)
-
-
-def ensure_online_store(settings: Settings) -> Settings:
+def ensure_online_store(settings: Settings, steps: Steps) -> Settings:
     """Use Redis when it answers; otherwise fall back to Feast's embedded SQLite store and say so once."""
     import redis
 
@@ -101,11 +96,11 @@ def ensure_online_store(settings: Settings) -> Settings:
         return settings
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
-        print(f"    online store: Redis at {settings.redis_url}")
+        steps.result(f"online store: Redis at {settings.redis_url}")
         return settings
     except redis.ConnectionError:
-        print(
-            f"!!  No Redis answers at {settings.redis_url}: falling back to Feast's embedded SQLite online store"
+        steps.warn(
+            f"No Redis answers at {settings.redis_url}: falling back to Feast's embedded SQLite online store"
             " (set RTML_REDIS_URL or start redis-server to use Redis)."
         )
         os.environ["RTML_ONLINE_STORE"] = "sqlite"
@@ -138,9 +133,9 @@ def data_end(now: pd.Timestamp) -> pd.Timestamp:
     return day - pd.Timedelta(days=day.weekday())
 
 
-def generate_demo_data(settings: Settings, size: DemoSize, end: pd.Timestamp) -> RawData:
-    """Generated raw data ending at ``end``; the first batch stops where the drift starts, the drifted rest is
-    returned."""
+def generate_demo_data(settings: Settings, size: DemoSize, end: pd.Timestamp) -> tuple[RawData, str]:
+    """Generated raw data ending at ``end``; the first batch stops where the drift starts. Returns the drifted
+    rest and a line that describes the data."""
     drift_start = end - pd.Timedelta(days=size.drift_days)
     config = GeneratorConfig(
         n_transactions=size.transactions,
@@ -154,13 +149,13 @@ def generate_demo_data(settings: Settings, size: DemoSize, end: pd.Timestamp) ->
     tx = data.transactions
     before = tx[tx["event_timestamp"] < drift_start]
     write_raw_data(RawData(data.customers, data.merchants, before), settings.raw_dir, "batch_0001_history")
-    say(
+    described = (
         f"{len(tx):,} transactions ({tx['is_fraud'].mean():.2%} fraud), {len(data.customers):,} customers,"
         f" {len(data.merchants):,} merchants; drift from {drift_start:%Y-%m-%d %H:%M} (amounts x1.4, 30 % of"
         " card-present moved online, a new card-testing pattern)"
     )
     drifted = tx[tx["event_timestamp"] >= drift_start].reset_index(drop=True)
-    return RawData(data.customers, data.merchants, drifted)
+    return RawData(data.customers, data.merchants, drifted), described
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -180,7 +175,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_api(settings: Settings) -> Iterator[tuple[str, Path, Callable[[], None]]]:
+def prefect_api(settings: Settings, steps: Steps) -> Iterator[tuple[str, Path, Callable[[], None]]]:
     """The Prefect API the flows report to: ``PREFECT_API_URL`` if set, else a local server the demo starts.
 
     Yields at once, with the URL already in ``PREFECT_API_URL`` (Prefect reads its settings when first
@@ -188,12 +183,12 @@ def prefect_api(settings: Settings) -> Iterator[tuple[str, Path, Callable[[], No
     """
     home = settings.home / "prefect"
     if api := os.environ.get("PREFECT_API_URL"):
-        say(f"Prefect: {api}")
+        steps.result(f"Prefect: {api}")
         yield api, home, lambda: None
         return
     # The demo's story runs on events: cron schedules would start runs the story did not ask for.
     with servers.prefect_server(home, scheduler=False, wait=False) as (api, server_ready):
-        say(f"Prefect server: {api.removesuffix('/api')} (logs {home / 'server.log'})")
+        steps.result(f"Prefect server: {api.removesuffix('/api')} (its own log: {home / 'server.log'})")
         os.environ["PREFECT_API_URL"] = api
         try:
             yield api, home, server_ready
@@ -212,7 +207,7 @@ def deliver_prefect_logs(timeout: float = 10) -> None:
     EventsWorker.drain_all(timeout=timeout)
 
 
-def prepare(settings: Settings, size: DemoSize, end: pd.Timestamp) -> RawData:
+def prepare(settings: Settings, size: DemoSize, end: pd.Timestamp, steps: Steps) -> RawData:
     """What needs no Prefect server, done while it starts: the flows' imports, MLflow's store (created on first
     use), then the data."""
     from model_store.tracking import mlflow_client
@@ -220,7 +215,9 @@ def prepare(settings: Settings, size: DemoSize, end: pd.Timestamp) -> RawData:
     for module in WARM_MODULES:
         importlib.import_module(module)
     mlflow_client(settings).search_experiments(max_results=1)
-    return generate_demo_data(settings, size, end)
+    drifted, described = generate_demo_data(settings, size, end)
+    steps.result(described)
+    return drifted
 
 
 def deploy(api: str, home: Path, size: DemoSize) -> None:
@@ -229,8 +226,11 @@ def deploy(api: str, home: Path, size: DemoSize) -> None:
     set_deployment_parameters(TRAINING_DEPLOYMENT, {"params": training_parameters(size)})
 
 
-def replay_traffic(url: str, transactions: pd.DataFrame, one_by_one: int) -> dict[str, Any]:
-    """Send transactions to the service: the first ``one_by_one`` one request at a time, the rest in batches."""
+def replay_traffic(
+    url: str, transactions: pd.DataFrame, one_by_one: int, sent: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Send transactions to the service: the first ``one_by_one`` one request at a time, the rest in batches;
+    ``sent`` is told how many each request scored."""
     rows = transactions.assign(timestamp=transactions["event_timestamp"].map(pd.Timestamp.isoformat))
     fields = ["transaction_id", "customer_id", "merchant_id", "amount", "timestamp", "channel"]
     records = rows[fields].to_dict("records")
@@ -242,12 +242,14 @@ def replay_traffic(url: str, transactions: pd.DataFrame, one_by_one: int) -> dic
             latencies.append((time.perf_counter() - started) * 1000)
             response.raise_for_status()
             decisions.append(response.json()["decision"])
+            sent(1)
         for start in range(one_by_one, len(records), 1000):
             started = time.perf_counter()
             response = client.post("/score_batch", json={"transactions": records[start : start + 1000]})
             batch_ms.append((time.perf_counter() - started) * 1000)
             response.raise_for_status()
             decisions.extend(r["decision"] for r in response.json()["results"])
+            sent(len(response.json()["results"]))
     return {
         "latencies_ms": latencies,
         "batch_ms": batch_ms,
@@ -255,7 +257,9 @@ def replay_traffic(url: str, transactions: pd.DataFrame, one_by_one: int) -> dic
     }
 
 
-def stream_drifted_period(settings: Settings, url: str, drifted: RawData, size: DemoSize) -> dict[str, Any]:
+def stream_drifted_period(
+    settings: Settings, url: str, drifted: RawData, size: DemoSize, steps: Steps
+) -> dict[str, Any]:
     """Score the drifted period in slices of a few days; after each, the slice lands as a raw batch and the
     feature pipeline runs (the hourly deployment's job, compressed), so online features stay fresh."""
     from flows.feature_pipeline import feature_pipeline
@@ -266,13 +270,20 @@ def stream_drifted_period(settings: Settings, url: str, drifted: RawData, size: 
     slices = [rows for _, rows in tx.groupby(starts, sort=True)]
     per_slice = max(1, size.scored_one_by_one // len(slices))
     results = []
-    for number, rows in enumerate(slices, start=1):
-        results.append(replay_traffic(url, rows, per_slice))
-        write_raw_data(
-            RawData(drifted.customers, drifted.merchants, rows), settings.raw_dir, f"batch_{number + 1:04d}"
-        )
-        ingested = feature_pipeline()["transactions"]
-        say(f"slice {number}/{len(slices)}: scored {len(rows):,} transactions, then ingested {ingested:,}")
+    with steps.progress("scoring", total=len(tx), unit="transactions") as bar:
+        for number, rows in enumerate(slices, start=1):
+            bar.update(description=f"slice {number}/{len(slices)}: scoring")
+            results.append(replay_traffic(url, rows, per_slice, sent=bar.advance))
+            write_raw_data(
+                RawData(drifted.customers, drifted.merchants, rows),
+                settings.raw_dir,
+                f"batch_{number + 1:04d}",
+            )
+            bar.update(description=f"slice {number}/{len(slices)}: feature pipeline")
+            ingested = feature_pipeline()["transactions"]
+            steps.result(
+                f"slice {number}/{len(slices)}: scored {len(rows):,} transactions, then ingested {ingested:,}"
+            )
     latencies = sorted(ms for r in results for ms in r["latencies_ms"])
     batches = [ms for r in results for ms in r["batch_ms"]]
     return {
@@ -314,13 +325,13 @@ async def triggered_training_runs(client: PrefectClient, since: pd.Timestamp) ->
 
 
 async def wait_for_retraining(
-    since: pd.Timestamp, timeout: float = RETRAINING_TIMEOUT_SECONDS
+    since: pd.Timestamp, bar: Bar, timeout: float = RETRAINING_TIMEOUT_SECONDS
 ) -> list[FlowRun]:
     """Every training run the alerts started, in its final state; none when no run appears within ``timeout``.
 
     Alerts firing together each trigger a run and the deployment's concurrency limit cancels all but one, when
     the worker takes them: the runs seen first are awaited (Prefect's client retries the 503s a server on SQLite
-    answers while locked), then any created meanwhile.
+    answers while locked), then any created meanwhile. ``bar`` follows them meanwhile.
     """
     from prefect.client.orchestration import get_client
     from prefect.flow_runs import wait_for_flow_run
@@ -330,11 +341,59 @@ async def wait_for_retraining(
     async with get_client() as client:
         while not (runs := await triggered_training_runs(client, since)) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-        while pending := [run.id for run in runs if run.id not in finished]:
-            done = await asyncio.gather(*(wait_for_flow_run(i, timeout=1800, client=client) for i in pending))
-            finished.update((run.id, run) for run in done)
-            runs = await triggered_training_runs(client, since)
+        following = asyncio.create_task(follow_training_runs(client, [run.id for run in runs], bar))
+        try:
+            while pending := [run.id for run in runs if run.id not in finished]:
+                done = await asyncio.gather(
+                    *(wait_for_flow_run(i, timeout=1800, client=client) for i in pending)
+                )
+                finished.update((run.id, run) for run in done)
+                runs = await triggered_training_runs(client, since)
+        finally:
+            following.cancel()
     return list(finished.values())
+
+
+async def follow_training_runs(client: PrefectClient, run_ids: list[Any], bar: Bar, every: float = 2) -> None:
+    """Show on ``bar`` the state of the training run the worker took and its trials, from the run's logs."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+        LogFilterName,
+    )
+
+    while run_ids:
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)))
+        taken = [run for run in runs if run.state_name not in {"Cancelled", "Scheduled"}] or runs
+        logs = await client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids), name=LogFilterName(any_=[TRIAL_LOGGER]))
+        )
+        trials = sum(1 for log in logs if is_trial_line(log.message))
+        bar.update(description=f"training run {taken[0].name}: {taken[0].state_name}", completed=trials)
+        await asyncio.sleep(every)
+
+
+def is_trial_line(message: str) -> bool:
+    return message.startswith("trial ")
+
+
+@contextmanager
+def counting_trials(bar: Bar) -> Iterator[None]:
+    """Advance ``bar`` once per hyperparameter trial this process's training logs."""
+
+    class TrialCounter(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if is_trial_line(record.getMessage()):
+                bar.advance()
+
+    logger, counter = logging.getLogger(TRIAL_LOGGER), TrialCounter()
+    logger.addHandler(counter)
+    try:
+        yield
+    finally:
+        logger.removeHandler(counter)
 
 
 def wait_for_run_processes(runs: list[FlowRun], timeout: float = 30) -> None:
@@ -370,60 +429,72 @@ def training_parameters(size: DemoSize) -> dict[str, Any]:
     return {"n_trials": size.trials, "tuning_minutes": size.tuning_minutes, **size.training}
 
 
-def run_training(size: DemoSize) -> dict[str, Any]:
+def run_training(size: DemoSize, steps: Steps) -> dict[str, Any]:
     from flows.training.params import TrainingParams
     from flows.training_pipeline import training_pipeline
 
-    return training_pipeline(TrainingParams(**training_parameters(size)))
+    with (
+        steps.progress("hyperparameter trials", total=size.trials, unit="trials") as bar,
+        counting_trials(bar),
+    ):
+        return training_pipeline(TrainingParams(**training_parameters(size)))
 
 
-def describe_training(result: dict[str, Any]) -> None:
-    say(
+def describe_training(result: dict[str, Any], steps: Steps) -> None:
+    steps.result(
         f"CatBoost v{result['model_version']}: ROC-AUC {result.get('model.roc_auc', float('nan')):.4f}"
         f" (oracle {result.get('oracle.roc_auc', float('nan')):.4f}), PR-AUC {result.get('model.pr_auc', float('nan')):.4f}"
         f" (baseline {result.get('baseline.pr_auc', float('nan')):.4f}, oracle {result.get('oracle.pr_auc', float('nan')):.4f})"
     )
     verdict = "promoted to champion" if result["promoted"] else "stays challenger"
-    say(f"promotion gate: {verdict}: {'; '.join(result['reasons'])}")
+    steps.result(f"promotion gate: {verdict}: {'; '.join(result['reasons'])}")
 
 
 def main() -> None:
     # Before anything imports Feast (``prepare`` warms it in the background); the flows patch what they need.
     libraries.typeguard.apply_patches()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # MLflow's download progress bars would interleave with the steps' output.
+    # MLflow's download progress bars would fill the log with carriage returns.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     size = SMALL if os.environ.get("DEMO_SMALL") == "1" else FULL
     started = time.perf_counter()
     settings = get_settings()
     end = data_end(pd.Timestamp.now(tz="UTC"))
-    print(f"Demo on {size.name} data ending {end:%Y-%m-%d %H:%M} UTC; state in {settings.home}")
+    log_path = settings.home / "demo.log"
+    with Steps(STEPS, log_path) as steps:
+        steps.result(f"Demo on {size.name} data ending {end:%Y-%m-%d %H:%M} UTC; state in {settings.home}")
+        steps.result(f"Full log (Prefect's run logs, our loggers, library warnings): {log_path}")
+        run_demo(settings, size, end, started, steps)
+        steps.result("Stopped the service and the Prefect server the demo started.")
+
+
+def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: float, steps: Steps) -> None:
     start_fresh(settings)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"own_prefect_server": not os.environ.get("PREFECT_API_URL")}
 
     with ExitStack() as stack:
-        step(1, "Generate data, validate it and materialize features")
-        settings = ensure_online_store(settings)
-        api, prefect_home, server_ready = stack.enter_context(prefect_api(settings))
+        steps.step("Generate data, validate it and materialize features")
+        settings = ensure_online_store(settings, steps)
+        api, prefect_home, server_ready = stack.enter_context(prefect_api(settings, steps))
         background = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="demo"))
         from flows.feature_pipeline import feature_pipeline
         from flows.feature_store.definitions import apply_definitions
 
         # `feast apply` runs in its own interpreter (~6 s); the pipeline's apply task waits for it to finish.
         applied = background.submit(apply_definitions, settings)
-        preparing = background.submit(prepare, settings, size, end)
+        preparing = background.submit(prepare, settings, size, end, steps)
+        steps.status("generating the data while the Prefect server starts")
         server_ready()
         # Deployments matter from the drift report on; applying them overlaps the first pipeline and training.
         deployed = background.submit(deploy, api, prefect_home, size)
         drifted = preparing.result()
         summary["features"] = feature_pipeline()
-        say(f"feast apply: {applied.result() or 'definitions unchanged'}")
-        say(f"feature pipeline: {summary['features']}")
+        steps.result(f"feast apply: {applied.result() or 'definitions unchanged'}")
+        steps.result(f"feature pipeline: {describe_features(summary['features'])}")
 
-        step(2, "Train, track, register and promote the first champion")
+        steps.step("Train, track, register and promote the first champion")
         building = background.submit(importlib.import_module, "flows.build_service")
-        first = run_training(size)
-        describe_training(first)
+        first = run_training(size, steps)
+        describe_training(first, steps)
         summary["first"] = first
         if not first["promoted"]:
             raise SystemExit(
@@ -432,9 +503,9 @@ def main() -> None:
                 " floors with the training parameters `promotion.min_pr_auc` / `promotion.min_roc_auc`."
             )
 
-        step(3, "Build the bento and start the service")
+        steps.step("Build the bento and start the service")
         deployed.result()
-        say("deployed every flow of prefect.yaml to the work pool 'local-process'")
+        steps.result("deployed every flow of prefect.yaml to the work pool 'local-process'")
         building.result()
         from flows.build_service import BuildServiceParams, build_service
 
@@ -442,19 +513,20 @@ def main() -> None:
         locked = (
             "locked against the package index" if size.lock_packages else "pinned, not locked (small demo)"
         )
-        say(f"bento {bento['bento']}, packages {locked}")
+        steps.result(f"bento {bento['bento']}, packages {locked}")
         env = settings_env(settings)
         warmed = background.submit(importlib.import_module, "flows.drift_report")
         # The worker starts in step 4 and stops after the service: its last flow run exits meanwhile.
         worker = stack.enter_context(ExitStack())
+        steps.status("starting the service")
         url = stack.enter_context(servers.bento_service(bento["bento"], env, settings.home / "service.log"))
         warmed.result()
-        say(f"service ready at {url} (logs {settings.home / 'service.log'})")
+        steps.result(f"service ready at {url} (its own log: {settings.home / 'service.log'})")
 
-        step(4, f"Stream {len(drifted.transactions):,} transactions of the drifted period to the service")
-        summary["traffic"] = stream_drifted_period(settings, url, drifted, size)
+        steps.step(f"Stream {len(drifted.transactions):,} transactions of the drifted period to the service")
+        summary["traffic"] = stream_drifted_period(settings, url, drifted, size, steps)
         t = summary["traffic"]
-        say(
+        steps.result(
             f"/score one at a time: p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms; /score_batch of 1,000:"
             f" {t['batch_1000_ms']:.0f} ms; {t['declined']:,} of {t['requests']:,} declined"
         )
@@ -463,10 +535,13 @@ def main() -> None:
         worker_ready = worker.enter_context(servers.prefect_worker(api, prefect_home, env, wait=False))
         retraining: list[FlowRun] = []
         worker.callback(wait_for_run_processes, retraining)
+        steps.status("waiting for the service's traffic log")
         logged = wait_for_traffic_log(settings, drifted.transactions)
-        say(f"traffic log: {logged:,} predictions and their whylogs profiles written off the request path")
+        steps.result(
+            f"traffic log: {logged:,} predictions and their whylogs profiles written off the request path"
+        )
 
-        step(5, "Drift report over the drifted period")
+        steps.step("Drift report over the drifted period")
         from flows.drift_report import DriftReportParams, drift_report
         from flows.monitoring.triggers import TriggerSettings
 
@@ -480,12 +555,15 @@ def main() -> None:
             )
         )
         summary["drift"] = report
-        say(f"{report['status']}: {report['message']}")
-        say(f"report: {report['report']['html']}")
+        steps.result(f"{report['status']}: {report['message']}")
+        steps.result(f"report: {report['report']['html']}")
 
-        step(6, "Retrain on the new data; the promotion gate decides")
+        steps.step("Retrain on the new data; the promotion gate decides")
+        steps.status("starting a Prefect worker")
         worker_ready()
-        runs = asyncio.run(wait_for_retraining(reported_at))
+        steps.status("")
+        with steps.progress("waiting for the alerts' training run", total=size.trials, unit="trials") as bar:
+            runs = asyncio.run(wait_for_retraining(reported_at, bar))
         retraining.extend(runs)
         if not runs and report["status"] == "drift":
             raise SystemExit(
@@ -493,31 +571,38 @@ def main() -> None:
                 f" in the Prefect server's log ({prefect_home / 'server.log'}) and the worker's ({prefect_home / 'worker.log'})."
             )
         if not runs:
-            say("no training run was triggered (no drift past the thresholds): nothing to retrain")
+            steps.result("no training run was triggered (no drift past the thresholds): nothing to retrain")
         else:
-            say(f"the alerts started {len(runs)} training run(s); the worker took them")
+            steps.result(f"the alerts started {len(runs)} training run(s); the worker took them")
             summary["retraining"] = [{"name": r.name, "state": r.state_name} for r in runs]
             for run in runs:
-                say(f"training run {run.name}: {run.state_name}")
-            say(f"worker log: {prefect_home / 'worker.log'}")
+                steps.result(f"training run {run.name}: {run.state_name}")
+            steps.result(f"worker log: {prefect_home / 'worker.log'}")
         from model_store.registry import describe
 
         summary["registry"] = describe()
         for line in summary["registry"]:
-            say(line)
+            steps.result(line)
 
-        step(7, "Summary")
+        steps.step("Summary")
         summary["seconds"] = time.perf_counter() - started
         summary["bento"] = bento["bento"]
-        print_summary(settings, summary, api, url, summary["seconds"])
+        print_summary(settings, summary, api, steps)
         # For machines (the end-to-end test, CI): every step's result.
         (settings.home / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print("\nStopped the service and the Prefect server the demo started.")
+        steps.status("stopping the service, the worker and the Prefect server")
 
 
-def print_summary(settings: Settings, summary: dict[str, Any], api: str, url: str, seconds: float) -> None:
+def describe_features(features: dict[str, int]) -> str:
+    """``{'transactions': 35250, 'customer_profile': 2000, ...}`` as one line."""
+    rows = ", ".join(f"{view} {count:,}" for view, count in features.items() if view != "transactions")
+    return f"{features['transactions']:,} transactions ingested; entities written online: {rows}"
+
+
+def print_summary(settings: Settings, summary: dict[str, Any], api: str, steps: Steps) -> None:
     """What the demo showed, where to look, and how to go on."""
     first, traffic, drift = summary["first"], summary["traffic"], summary["drift"]
+    say = steps.result
     say(
         f"data: {summary['features']['transactions']:,} transactions before the drift, {traffic['requests']:,} after"
     )
@@ -529,15 +614,22 @@ def print_summary(settings: Settings, summary: dict[str, Any], api: str, url: st
     say(f"serving: p50 {traffic['p50_ms']:.2f} ms, p99 {traffic['p99_ms']:.2f} ms one request at a time")
     say(f"drift verdict: {drift['status']}: {drift['message']}")
     say(f"reports: {settings.report_store}")
+    say(f"full log: {steps.log_path} (Prefect's run logs, our loggers, library warnings)")
     say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
-    say("Prefect UI: .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
+    if summary["own_prefect_server"]:
+        say(
+            f"Prefect UI (every run and its logs): PREFECT_HOME={settings.home / 'prefect'} .venv/bin/prefect"
+            " server start --no-services, then http://127.0.0.1:4200"
+        )
+    else:
+        say(f"Prefect UI (every run and its logs): {api.removesuffix('/api')}")
     say(
         "call the service: .venv/bin/bentoml serve services.scorer.service:OnlineScorer, then curl -X POST"
         ' localhost:3000/score -H \'content-type: application/json\' -d \'{"transaction_id": "t1",'
         ' "customer_id": 1, "merchant_id": 1, "amount": 42.0, "timestamp": "2026-01-01T12:00:00Z",'
         ' "channel": "online"}\''
     )
-    say(f"whole lifecycle in {seconds / 60:.1f} minutes")
+    say(f"whole lifecycle in {summary['seconds'] / 60:.1f} minutes")
 
 
 if __name__ == "__main__":

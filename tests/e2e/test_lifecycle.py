@@ -26,6 +26,7 @@ class DemoRun:
     home: Path
     summary: dict
     out: str
+    err: str
     redis_keys: int
 
 
@@ -58,7 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         # Feast's hashes; our own keys (streams, window state, leases) start with "rtml:".
         keys = sum(1 for k in client.scan_iter(match=f"*{project}", count=1000) if not k.startswith(b"rtml:"))
         client.close()
-        yield DemoRun(home, summary, done.stdout, keys)
+        yield DemoRun(home, summary, done.stdout, done.stderr, keys)
     finally:
         delete_project_keys(project)
 
@@ -114,3 +115,17 @@ def test_step7_summary_tells_where_to_look(demo: DemoRun) -> None:
     # Nothing the demo started is left running.
     leftovers = subprocess.run(["pgrep", "-f", str(demo.home)], capture_output=True, text=True).stdout.split()
     assert [pid for pid in leftovers if int(pid) != os.getpid()] == []
+
+
+def test_the_terminal_shows_the_steps_and_the_log_file_the_rest(demo: DemoRun) -> None:
+    steps = [line.split("]")[0] + "]" for line in demo.out.splitlines() if line.startswith("[")]
+    assert steps == [f"[{n}/7]" for n in range(1, 8)]
+    terminal = demo.out + demo.err
+    assert "Finished in state" not in terminal and "Warning" not in terminal and "Traceback" not in terminal
+    log_path = demo.home / "demo.log"
+    assert f"full log: {log_path}" in demo.out
+    log = log_path.read_text()
+    # Prefect's run lines, our modules' loggers and library warnings, from every step.
+    assert "prefect.task_runs [" in log and "Finished in state Completed()" in log
+    assert "flows.feature_store.validation: Batch batch_0001_history" in log
+    assert "WARNING flows.monitoring.triggers" in log

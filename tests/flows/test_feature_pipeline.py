@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +203,39 @@ def test_files_the_landing_writer_made_are_not_published_back() -> None:
         }
     )
     assert recent(frame, pd.Timedelta("7D"))["v"].tolist() == [2, 3]
+
+
+@pytest.mark.slow
+def test_running_the_module_as_the_readme_says_prints_no_traceback(settings: Settings) -> None:
+    """`python -m flows.feature_pipeline` from a shell with no Prefect settings: Prefect starts a temporary
+    server on a new PREFECT_HOME. Its telemetry heartbeat used to fail there with "database is locked"
+    tracebacks; pyproject.toml's [tool.prefect.server] turns it off. Our loggers show beside the flow's."""
+    from flows.fraud_data.generator import GeneratorConfig, generate_raw_data, write_raw_data
+
+    end = pd.Timestamp.now(tz="UTC").floor("D")
+    config = GeneratorConfig(
+        n_transactions=2_000, n_customers=100, n_merchants=20, start=end - pd.Timedelta(days=14), days=14
+    )
+    data = generate_raw_data(config)
+    write_raw_data(data, settings.raw_dir, "batch_001")
+    # The caller's Prefect settings (the Makefile's and conftest's analytics switch among them) stay out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
+    env.update(
+        PREFECT_HOME=str(settings.home / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.feature_pipeline"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "Traceback" not in output, output[-5000:]
+    assert f"'transactions': {len(data.transactions)}" in done.stdout
+    assert re.search(
+        r"flows\.feature_store\.validation - Batch batch_001: \d+ valid, \d+ quarantined", output
+    )

@@ -200,5 +200,11 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
             client.close()
         # One hash per customer and per merchant, each holding all of its feature views.
         assert keys == n_customers + n_merchants
+        # The plain functions' loggers reached the run's logs (prefect.yaml's job variables), not just the flow's.
+        logs = httpx.post(
+            f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}}, timeout=10
+        ).json()
+        counts = [log["message"] for log in logs if log["name"] == "flows.feature_store.validation"]
+        assert f"Batch batch_001: {n_transactions} valid, 0 quarantined" in counts, worker.stderr[-4000:]
     finally:
         delete_project_keys(project)

@@ -7,12 +7,14 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from deploy.local.demo import data_end, ensure_online_store, wait_for_run_processes
+from deploy.local.demo import counting_trials, data_end, ensure_online_store, wait_for_run_processes
+from deploy.local.steps import Steps
 from model_store.settings import Settings, clear_settings, get_settings
 
 
@@ -22,20 +24,24 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_uses_redis_when_it_answers(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ensure_online_store(settings).online_store == "redis"
+def test_uses_redis_when_it_answers(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Steps(1, tmp_path / "demo.log") as steps:
+        assert ensure_online_store(settings, steps).online_store == "redis"
     assert "online store: Redis" in capsys.readouterr().out
 
 
 def test_falls_back_to_sqlite_and_says_so(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RTML_REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
     # setenv records the variable's absence, so teardown removes what the demo exports (delenv of an
     # absent variable records nothing, and the demo's sqlite choice would leak into every later test).
     monkeypatch.setenv("RTML_ONLINE_STORE", "redis")
     clear_settings()
-    chosen = ensure_online_store(get_settings())
+    with Steps(1, tmp_path / "demo.log") as steps:
+        chosen = ensure_online_store(get_settings(), steps)
     assert chosen.online_store == "sqlite"
     assert chosen.feast_yaml.name == "feature_store_sqlite.yaml"
     out = capsys.readouterr().out
@@ -62,3 +68,22 @@ def test_waits_for_a_finished_runs_process_to_exit_before_the_worker_stops() -> 
     cancelled_before_start = SimpleNamespace(infrastructure_pid=None)
     wait_for_run_processes([cancelled_before_start, SimpleNamespace(infrastructure_pid=str(run.pid))])
     assert run.poll() is not None
+
+
+def test_the_training_bar_counts_the_trials_the_tuning_logs() -> None:
+    """The demo follows training by the tuning's one log line per trial (in-process, or read from the API)."""
+    from flows.training.tuning import TrialOutcome, create_study, search
+
+    class Counted:
+        trials = 0
+
+        def advance(self, amount: float = 1) -> None:
+            self.trials += int(amount)
+
+    def evaluate(batch: list) -> list[TrialOutcome]:
+        return [TrialOutcome(trial.number, params, value=0.5) for trial, params in batch]
+
+    bar = Counted()
+    with counting_trials(bar):  # type: ignore[arg-type]
+        search(create_study(0), evaluate, n_trials=3, timeout_seconds=60, parallelism=2)
+    assert bar.trials == 3
