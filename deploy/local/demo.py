@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from deploy.local import servers
+from deploy.local.replay import Replay, processor_caught_up, ranking_figures, replay
 from deploy.local.steps import Bar, Steps
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
 from model_store import libraries
@@ -52,6 +53,10 @@ WARM_MODULES = ("feast", "feast.infra.offline_stores.duckdb", "flows.training_pi
 RETRAINING_TIMEOUT_SECONDS = 150
 # The drifted period is streamed in this many slices, each followed by a feature pipeline run.
 STREAM_SLICES = 2
+# The window processor's consumer group (one partition in the demo).
+WINDOW_GROUP = "windows"
+# The stream processes the demo runs beside the service.
+STREAM_PROCESSES = ("processor", "traffic", "landing")
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RTML_REDIS_URL": settings.redis_url,
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "BENTOML_HOME": str(settings.bentoml_home),
-        # The drift report reads the traffic log right after the stream: a service would wait 5 minutes to write it.
+        # The drift report reads the traffic log and the pipeline the landed transactions right after the stream:
+        # the platform's defaults would wait five minutes and one.
         "RTML_TRAFFIC_FLUSH_SECONDS": "1",
+        "RTML_LANDING_FLUSH_SECONDS": "1",
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("RTML_")})
     return env
@@ -226,77 +233,159 @@ def deploy(api: str, home: Path, size: DemoSize) -> None:
     set_deployment_parameters(TRAINING_DEPLOYMENT, {"params": training_parameters(size)})
 
 
-def replay_traffic(
-    url: str, transactions: pd.DataFrame, one_by_one: int, sent: Callable[[int], None] = lambda n: None
-) -> dict[str, Any]:
-    """Send transactions to the service: the first ``one_by_one`` one request at a time, the rest in batches;
-    ``sent`` is told how many each request scored."""
-    rows = transactions.assign(timestamp=transactions["event_timestamp"].map(pd.Timestamp.isoformat))
-    fields = ["transaction_id", "customer_id", "merchant_id", "amount", "timestamp", "channel"]
-    records = rows[fields].to_dict("records")
-    latencies, batch_ms, decisions = [], [], []
-    with httpx.Client(base_url=url, timeout=30) as client:
-        for record in records[:one_by_one]:
-            started = time.perf_counter()
-            response = client.post("/score", json=record)
-            latencies.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-            decisions.append(response.json()["decision"])
-            sent(1)
-        for start in range(one_by_one, len(records), 1000):
-            started = time.perf_counter()
-            response = client.post("/score_batch", json={"transactions": records[start : start + 1000]})
-            batch_ms.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-            decisions.extend(r["decision"] for r in response.json()["results"])
-            sent(len(response.json()["results"]))
-    return {
-        "latencies_ms": latencies,
-        "batch_ms": batch_ms,
-        "declined": sum(1 for d in decisions if d == "decline"),
-    }
-
-
 def stream_drifted_period(
     settings: Settings, url: str, drifted: RawData, size: DemoSize, steps: Steps
 ) -> dict[str, Any]:
-    """Score the drifted period in slices of a few days; after each, the slice lands as a raw batch and the
-    feature pipeline runs (the hourly deployment's job, compressed), so online features stay fresh."""
+    """Score the drifted period in slices of a few days, as live traffic: each transaction's decision goes to the
+    stream, the window processor makes it part of its customer's and merchant's features before the next one is
+    scored, and the landing writer turns the stream into raw files. After each slice the labels that had
+    arrived come in as a chargeback feed and the feature pipeline runs (the hourly deployment's job, compressed).
+    """
+    import redis
+
     from flows.feature_pipeline import feature_pipeline
+    from flows.fraud_data.generator import split_labels, write_labels
 
     tx = drifted.transactions
+    _, labels = split_labels(tx)
+    labels = labels[labels["label_timestamp"] <= pd.Timestamp.now(tz="UTC")]  # what the feed has sent by now
     slice_length = pd.Timedelta(days=size.drift_days) / STREAM_SLICES
     starts = (tx["event_timestamp"] - tx["event_timestamp"].min()) // slice_length
     slices = [rows for _, rows in tx.groupby(starts, sort=True)]
     per_slice = max(1, size.scored_one_by_one // len(slices))
-    results = []
-    with steps.progress("scoring", total=len(tx), unit="transactions") as bar:
-        for number, rows in enumerate(slices, start=1):
-            bar.update(description=f"slice {number}/{len(slices)}: scoring")
-            results.append(replay_traffic(url, rows, per_slice, sent=bar.advance))
-            write_raw_data(
-                RawData(drifted.customers, drifted.merchants, rows),
-                settings.raw_dir,
-                f"batch_{number + 1:04d}",
+    client = redis.Redis.from_url(settings.redis_url)
+    caught_up = processor_caught_up(client, settings.stream("transactions"), f"{WINDOW_GROUP}-0-of-1")
+    replays: list[Replay] = []
+    landed = 0
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=60) as http,
+            steps.progress("scoring", total=len(tx), unit="transactions") as bar,
+        ):
+            for number, rows in enumerate(slices, start=1):
+                bar.update(description=f"slice {number}/{len(slices)}: scoring in waves")
+                replays.append(replay(http, rows, caught_up, one_by_one=per_slice, progress=bar.advance))
+                landed += len(rows)
+                bar.update(description=f"slice {number}/{len(slices)}: landing, labels, feature pipeline")
+                wait_for_landing(settings, landed)
+                write_labels(
+                    labels[labels["transaction_id"].isin(rows["transaction_id"])],
+                    settings.raw_dir,
+                    f"labels_{number:04d}",
+                )
+                ingested = feature_pipeline()["transactions"]
+                steps.result(
+                    f"slice {number}/{len(slices)}: scored {len(rows):,} transactions in {replays[-1].waves:,} waves,"
+                    f" landed from the stream and ingested {ingested:,}"
+                )
+    finally:
+        client.close()
+    answers = {k: v for r in replays for k, v in r.answers.items()}
+    summary = Replay(
+        answers=answers,
+        single_ms=[ms for r in replays for ms in r.single_ms],
+        batch_ms=[ms for r in replays for ms in r.batch_ms],
+        freshness_ms=[ms for r in replays for ms in r.freshness_ms],
+        waves=sum(r.waves for r in replays),
+    ).summary()
+    summary["served_vs_fresh"] = served_vs_fresh(settings, tx, answers)
+    summary["burst"] = card_testing_burst(settings, tx, answers)
+    return summary
+
+
+def wait_for_landing(settings: Settings, rows: int, timeout: float = 120) -> None:
+    """Wait until the landing writer has written ``rows`` transactions from the stream into the raw zone."""
+    import pyarrow.parquet as pq
+
+    from services.stream.landing import PREFIX
+
+    deadline = time.monotonic() + timeout
+    folder = settings.raw_dir / "transactions"
+    while sum(pq.read_metadata(p).num_rows for p in folder.glob(f"{PREFIX}*.parquet")) < rows:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"The landing writer did not land {rows:,} transactions in {timeout:.0f} s: see its log,"
+                f" {settings.home / 'landing.log'}"
             )
-            bar.update(description=f"slice {number}/{len(slices)}: feature pipeline")
-            ingested = feature_pipeline()["transactions"]
-            steps.result(
-                f"slice {number}/{len(slices)}: scored {len(rows):,} transactions, then ingested {ingested:,}"
-            )
-    latencies = sorted(ms for r in results for ms in r["latencies_ms"])
-    batches = [ms for r in results for ms in r["batch_ms"]]
+        time.sleep(0.2)
+
+
+def served_vs_fresh(
+    settings: Settings, tx: pd.DataFrame, answers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The served model on the features as the service saw them, against the same model on point-in-time-fresh
+    features (Feast's historical retrieval over the offline store) for the same transactions."""
+    from flows.training.dataset import entity_frame, read_feature_spec, retrieve_features
+    from model_store.registry import load_scorer
+
+    version = next(iter(answers.values()))["model_version"]
+    scorer = load_scorer(version, settings)
+    store = settings.feature_store()
+    features = retrieve_features(store, read_feature_spec(store, settings.feature_service), entity_frame(tx))
+    fresh = pd.Series(scorer.score(features), index=features["transaction_id"])
+    ids = tx["transaction_id"].to_numpy()
+    served = np.array([answers[i]["fraud_probability"] for i in ids])
+    fresh_scores = fresh.reindex(ids).to_numpy()
+    y = tx["is_fraud"].to_numpy(dtype=float).astype(int)
+    threshold = scorer.threshold
+    agree = ((served >= threshold) == (fresh_scores >= threshold)).mean()
     return {
-        "requests": len(tx),
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
-        "batch_1000_ms": statistics.median(batches) if batches else float("nan"),
-        "declined": sum(r["declined"] for r in results),
+        "model_version": version,
+        "served": ranking_figures(y, served, threshold),
+        "fresh": ranking_figures(y, fresh_scores, threshold),
+        "decisions_agree": float(agree),
+        "max_score_difference": float(np.abs(served - fresh_scores).max()),
     }
 
 
+def card_testing_burst(
+    settings: Settings, tx: pd.DataFrame, answers: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The longest card-testing burst of the period (a card's fraudulent transactions minutes apart), each
+    transaction with the velocity the service read for it and the score it gave."""
+    import redis
+
+    from services.stream.events import decode
+
+    fraud = tx[tx["is_fraud"] == 1].sort_values("event_timestamp")
+    gaps = fraud.groupby("customer_id")["event_timestamp"].diff().dt.total_seconds()
+    bursty = fraud[(gaps < 600) | (gaps.shift(-1) < 600)]
+    if bursty.empty:
+        return []
+    customer = bursty["customer_id"].value_counts().index[0]
+    burst = tx[(tx["customer_id"] == customer)].sort_values("event_timestamp")
+    burst = burst[
+        burst["event_timestamp"]
+        >= bursty.loc[bursty["customer_id"] == customer, "event_timestamp"].min() - pd.Timedelta("1h")
+    ]
+    wanted = set(burst["transaction_id"])
+    client = redis.Redis.from_url(settings.redis_url)
+    features: dict[str, dict[str, Any]] = {}
+    try:
+        for entry_id, fields in client.xrange(settings.stream("transactions")):
+            if fields.get(b"decision") is None:
+                continue
+            event = decode(entry_id, fields)
+            if event.transaction.transaction_id in wanted and event.decision is not None:
+                features[event.transaction.transaction_id] = event.decision.features
+    finally:
+        client.close()
+    return [
+        {
+            "time": f"{row.event_timestamp:%Y-%m-%d %H:%M:%S}",
+            "amount": float(row.amount),
+            "is_fraud": int(row.is_fraud),
+            "txn_count_1h": features.get(row.transaction_id, {}).get("txn_count_1h"),
+            "distinct_merchants_24h": features.get(row.transaction_id, {}).get("distinct_merchants_24h"),
+            "score": answers[row.transaction_id]["fraud_probability"],
+            "decision": answers[row.transaction_id]["decision"],
+        }
+        for row in burst.head(15).itertuples()
+    ]
+
+
 def wait_for_traffic_log(settings: Settings, transactions: pd.DataFrame, timeout: float = 90) -> int:
-    """Wait until the service's background traffic log has written a prediction for every request sent."""
+    """Wait until the traffic log has written a prediction for every decision the service published."""
     from model_store.profiles import ProfileStore
 
     store = ProfileStore(settings.profile_store, settings.model_name)
@@ -518,18 +607,31 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         warmed = background.submit(importlib.import_module, "flows.drift_report")
         # The worker starts in step 4 and stops after the service: its last flow run exits meanwhile.
         worker = stack.enter_context(ExitStack())
-        steps.status("starting the service")
+        steps.status("starting the service and the stream processes")
+        # Started before the service (they import for a few seconds), waited for after it.
+        stream_ready = [
+            stack.enter_context(servers.stream_process(name, env, settings.home / f"{name}.log", wait=False))
+            for name in STREAM_PROCESSES
+        ]
         url = stack.enter_context(servers.bento_service(bento["bento"], env, settings.home / "service.log"))
+        for ready in stream_ready:
+            ready()
         warmed.result()
         steps.result(f"service ready at {url} (its own log: {settings.home / 'service.log'})")
+        steps.result(
+            "stream processes ready: window processor, traffic log, landing writer (their logs: "
+            + ", ".join(str(settings.home / f"{name}.log") for name in STREAM_PROCESSES)
+            + ")"
+        )
 
         steps.step(f"Stream {len(drifted.transactions):,} transactions of the drifted period to the service")
         summary["traffic"] = stream_drifted_period(settings, url, drifted, size, steps)
         t = summary["traffic"]
         steps.result(
-            f"/score one at a time: p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms; /score_batch of 1,000:"
-            f" {t['batch_1000_ms']:.0f} ms; {t['declined']:,} of {t['requests']:,} declined"
+            f"/score one at a time: p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms; /score_batch: p50"
+            f" {t['batch_ms']:.1f} ms per wave; {t['declined']:,} of {t['requests']:,} declined"
         )
+        describe_freshness(t, steps)
         # The worker that will run the retraining starts while the service's (single-process) traffic-log
         # writer catches up: the other core is idle then.
         worker_ready = worker.enter_context(servers.prefect_worker(api, prefect_home, env, wait=False))
@@ -593,6 +695,28 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         steps.status("stopping the service, the worker and the Prefect server")
 
 
+def describe_freshness(traffic: dict[str, Any], steps: Steps) -> None:
+    """Freshness, served against point-in-time-fresh, and the burst, as the summary shows them too."""
+    fresh = traffic["served_vs_fresh"]
+    steps.result(
+        f"features fresh per transaction: decision published to its features visible in p50"
+        f" {traffic['freshness_p50_ms']:.0f} ms, p99 {traffic['freshness_p99_ms']:.0f} ms ({traffic['waves']:,} waves)"
+    )
+    served, pit = fresh["served"], fresh["fresh"]
+    steps.result(
+        f"model v{fresh['model_version']} on the drifted period: served PR-AUC {served['pr_auc']:.4f}, recall"
+        f" {served['recall']:.1%}; on point-in-time-fresh features PR-AUC {pit['pr_auc']:.4f}, recall"
+        f" {pit['recall']:.1%}; decisions equal for {fresh['decisions_agree']:.2%} of transactions"
+    )
+    if traffic["burst"]:
+        steps.result("a card-testing burst, transaction by transaction (time, amount, txn_count_1h, score):")
+        for row in traffic["burst"]:
+            steps.result(
+                f"  {row['time']}  {row['amount']:8.2f}  {row['txn_count_1h'] or 0:>3}  {row['score']:.3f}"
+                f"  {row['decision']}{'  (fraud)' if row['is_fraud'] else ''}"
+            )
+
+
 def describe_features(features: dict[str, int]) -> str:
     """``{'transactions': 35250, 'customer_profile': 2000, ...}`` as one line."""
     rows = ", ".join(f"{view} {count:,}" for view, count in features.items() if view != "transactions")
@@ -612,6 +736,7 @@ def print_summary(settings: Settings, summary: dict[str, Any], api: str, steps: 
         f" {first.get('oracle.pr_auc', 0):.4f}"
     )
     say(f"serving: p50 {traffic['p50_ms']:.2f} ms, p99 {traffic['p99_ms']:.2f} ms one request at a time")
+    describe_freshness(traffic, steps)
     say(f"drift verdict: {drift['status']}: {drift['message']}")
     say(f"reports: {settings.report_store}")
     say(f"full log: {steps.log_path} (Prefect's run logs, our loggers, library warnings)")

@@ -231,6 +231,20 @@ def bento_service(target: str, env: dict[str, str], log_path: Path, timeout: flo
         yield url
 
 
+@contextmanager
+def stream_process(
+    name: str, env: dict[str, str], log_path: Path, wait: bool = True, timeout: float = 120
+) -> Iterator[Callable[[], None]]:
+    """``python -m services.stream.<name>`` with its health on a free port; yields the wait for its readiness
+    (see ``running``)."""
+    port = free_port()
+    command = [sys.executable, "-m", f"services.stream.{name}"]
+    process_env = {**clean_env(), **env, "RTML_STREAM_HEALTH_PORT": str(port), "PYTHONPATH": str(REPO_ROOT)}
+    health = f"http://127.0.0.1:{port}/readyz"
+    with running(command, process_env, log_path, health, timeout, wait=wait) as ready:
+        yield ready
+
+
 if __name__ == "__main__":
     # `make demo` and `make test` run this first; it returns at once when the databases are prepared.
     if not prefect_database_template().exists():
