@@ -1,7 +1,11 @@
-"""Raw transactions to Feast: ingest, validate, compute features, write the offline store, apply, materialize.
+"""Raw data to Feast: ingest and validate transactions and labels, compute features, write the offline store,
+apply, materialize.
 
-Only new raw files are processed (a manifest keyed by content hash), so re-running on the same inputs
-changes nothing and a run with new data reads just the look-back it needs from earlier data.
+Only new raw files are processed (a manifest per table keyed by content hash), so re-running on the same
+inputs changes nothing and a run with new data reads just the look-back it needs from earlier data. Labels
+files are ingested after the run's transactions, so a label can name a transaction of the same run; their
+labels reach the merchant risk snapshots of the next run with new transactions (snapshots follow the
+transactions' time, and labels are read through ``read_labels`` as of each snapshot).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pydantic import BaseModel, Field
 from flows.feature_store.backfill import is_from_stream, publish_backfill, recent
 from flows.feature_store.definitions import apply_definitions
 from flows.feature_store.ingestion import RawBatch, find_new_batches, read_raw_table, record_batch
+from flows.feature_store.labels import read_labels, validate_labels, write_validated_labels
 from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
 from flows.feature_store.validation import check_invalid_share, validate_batch, write_quarantine
 from flows.fraud_data.features import (
@@ -26,7 +31,7 @@ from flows.fraud_data.features import (
     compute_merchant_risk,
     risk_snapshots,
 )
-from flows.fraud_data.schema import customers_schema, merchants_schema, transactions_schema
+from flows.fraud_data.schema import customers_schema, labels_schema, merchants_schema, transactions_schema
 from flows.settings import get_flow_settings
 from model_store import libraries
 from model_store.settings import Settings
@@ -132,6 +137,43 @@ def ingest_transactions(
 
 
 @dataclass
+class IngestedLabels:
+    """The run's new labels files and how many valid labels they added to the validated labels table."""
+
+    rows: int
+    batches: list[RawBatch]
+    summaries: dict[str, dict]
+
+
+@task
+def ingest_labels(settings: Settings, max_invalid_fraction: float) -> IngestedLabels:
+    """Validate each new labels file against the labels and transactions validated so far (after this run's)."""
+    logger = get_run_logger()
+    manifest = settings.data_dir / "labels_manifest.json"
+    batches = find_new_batches(settings.raw_dir / "labels", manifest)
+    rows, summaries = 0, {}
+    for batch in batches:
+        raw = read_raw_table(batch.path, labels_schema)
+        result = validate_labels(
+            raw, labels_schema, validated_dir=settings.validated_dir, batch_name=batch.name, now=_now()
+        )
+        write_quarantine(result, settings.quarantine_dir / "labels", batch.name)
+        check_invalid_share(result, max_invalid_fraction)
+        write_validated_labels(result.valid, settings.validated_dir, batch.name)
+        rows += len(result.valid)
+        summaries[batch.name] = {
+            "rows": len(raw),
+            "valid": len(result.valid),
+            "quarantined": len(result.quarantined),
+            "reasons": result.reason_counts,
+        }
+        logger.info(
+            "labels %s: %d valid, %d quarantined", batch.name, len(result.valid), len(result.quarantined)
+        )
+    return IngestedLabels(rows, batches, summaries)
+
+
+@dataclass
 class FeatureRows:
     """New rows per feature view: ``appended`` extend a table, ``replaced`` are a whole new snapshot of one."""
 
@@ -175,11 +217,10 @@ def load_feature_inputs(
     start = new["event_timestamp"].min()
     history = read_partitions(validated, since=start - lookback)
     as_of = max_timestamp(validated)
-    labels = read_partitions(validated, columns=["merchant_id", "label_timestamp", "is_fraud"])
     return FeatureInputs(
         transactions=new,
         history=history[history["event_timestamp"] < start],
-        labels=labels[labels["label_timestamp"] <= as_of],
+        labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of),
         snapshots=risk_snapshots(start, as_of, max_timestamp(settings.offline_dir / "merchant_risk")),
     )
 
@@ -279,11 +320,11 @@ def publish_recent_history(settings: Settings, ingested: IngestedBatches, window
 
 
 @task
-def record_ingested(settings: Settings, ingested: IngestedBatches) -> None:
+def record_ingested(settings: Settings, ingested: IngestedBatches, labels: IngestedLabels) -> None:
     """Mark the batches done only now, so a failed run retries them."""
-    manifest = settings.data_dir / "transactions_manifest.json"
-    for batch in ingested.batches:
-        record_batch(manifest, batch, ingested.summaries[batch.name])
+    for manifest, done in (("transactions_manifest.json", ingested), ("labels_manifest.json", labels)):
+        for batch in done.batches:
+            record_batch(settings.data_dir / manifest, batch, done.summaries[batch.name])
 
 
 @flow(name="feature_pipeline", log_prints=True)
@@ -299,13 +340,14 @@ def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, i
     applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
     reference = ingest_reference_tables(settings, max_invalid)
     ingested = ingest_transactions(settings, reference, max_invalid)
+    labels = ingest_labels(settings, max_invalid)
     windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
     rows = compute_features(settings, reference, ingested, windows)
     write_offline_store(settings, rows, _run_name(ingested, reference))
     written = materialize_online(settings, rows.all())
     publish_recent_history(settings, ingested, windows)
-    record_ingested(settings, ingested)
-    return {"transactions": len(ingested.transactions), **written}
+    record_ingested(settings, ingested, labels)
+    return {"transactions": len(ingested.transactions), "labels": labels.rows, **written}
 
 
 def _run_name(ingested: IngestedBatches, reference: ReferenceTables) -> str:

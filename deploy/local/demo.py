@@ -719,8 +719,11 @@ def describe_freshness(traffic: dict[str, Any], steps: Steps) -> None:
 
 def describe_features(features: dict[str, int]) -> str:
     """``{'transactions': 35250, 'customer_profile': 2000, ...}`` as one line."""
-    rows = ", ".join(f"{view} {count:,}" for view, count in features.items() if view != "transactions")
-    return f"{features['transactions']:,} transactions ingested; entities written online: {rows}"
+    rows = ", ".join(
+        f"{view} {count:,}" for view, count in features.items() if view not in ("transactions", "labels")
+    )
+    labels = f", {features['labels']:,} labels" if features.get("labels") else ""
+    return f"{features['transactions']:,} transactions{labels} ingested; entities written online: {rows}"
 
 
 def print_summary(settings: Settings, summary: dict[str, Any], api: str, steps: Steps) -> None:

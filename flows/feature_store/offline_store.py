@@ -11,6 +11,7 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 
@@ -50,12 +51,19 @@ def read_partitions(
     columns: list[str] | None = None,
     since: pd.Timestamp | None = None,
     timestamp_column: str = "event_timestamp",
+    where: pc.Expression | None = None,
 ) -> pd.DataFrame:
-    """Rows of a partitioned table, optionally only those at or after ``since`` (whole days are skipped)."""
+    """Rows of a partitioned table, optionally only those at or after ``since`` (whole days are skipped).
+
+    ``where`` (a pyarrow expression, e.g. ``pc.field("transaction_id").isin(ids)``) drops rows while reading,
+    before they become pandas objects.
+    """
     files = partition_files(table_dir, since)
     if not files:
         return pd.DataFrame(columns=columns or [])
-    frame = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
+    frame = pd.concat(
+        [pq.read_table(f, columns=columns, filters=where).to_pandas() for f in files], ignore_index=True
+    )
     if since is not None:
         frame = frame[frame[timestamp_column] >= since].reset_index(drop=True)
     return frame
@@ -72,6 +80,17 @@ def partition_files(table_dir: Path, since: pd.Timestamp | None = None) -> list[
         if part.name.removeprefix("date=") >= first_day
         for f in part.glob("*.parquet")
     )
+
+
+def partition_batch(path: Path) -> str:
+    """The batch that wrote a partition file (``<batch>-<i>.parquet``)."""
+    return Path(path).stem.rsplit("-", 1)[0]
+
+
+def table_columns(table_dir: Path) -> list[str]:
+    """The columns of a partitioned table, as its first file holds them (empty when it has no file yet)."""
+    files = partition_files(table_dir)
+    return pq.read_schema(files[0]).names if files else []
 
 
 def max_timestamp(table_dir: Path, timestamp_column: str = "event_timestamp") -> pd.Timestamp | None:

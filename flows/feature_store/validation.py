@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,20 @@ FUTURE_TOLERANCE = pd.Timedelta("5min")
 
 class BatchRejectedError(RuntimeError):
     """A batch whose share of invalid rows is above the configured threshold."""
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A rule whose reason differs per row (it names another table's value): ``<column>: <name> (<detail>)``.
+
+    ``details`` receives the typed batch (``parse_columns``'s frame: nulls where a value is missing or did not
+    parse) and returns, for each row, what breaks the rule, or None where the row keeps it. Rows count towards
+    ``reason_counts`` under ``<column>: <name>``, whatever their detail.
+    """
+
+    column: str
+    name: str
+    details: Callable[[pd.DataFrame], pd.Series]
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ def validate_batch(
     now: pd.Timestamp | None = None,
     order_tolerance: pd.Timedelta | None = ORDER_TOLERANCE,
     future_tolerance: pd.Timedelta = FUTURE_TOLERANCE,
+    row_rules: Sequence[RowRule] = (),
 ) -> ValidationResult:
     """Split ``df`` into valid rows (the schema's columns and types) and quarantined rows with reasons.
 
@@ -71,13 +86,13 @@ def validate_batch(
     each ``references`` column must hold a value of its set (e.g. known customer ids); columns whose schema
     metadata says ``not_in_future``, and ``timestamp_column``, must not be later than ``now`` (default: the
     current time) plus ``future_tolerance``; ``timestamp_column`` must not fall more than ``order_tolerance``
-    (None: not checked) behind the latest earlier timestamp in file order.
+    (None: not checked) behind the latest earlier timestamp in file order; each of ``row_rules`` holds.
     """
     if missing := missing_columns(df, schema):
         raise ValueError(f"Batch {batch_name}: missing required column(s) {', '.join(missing)}")
     if known_ids is not None and id_column is None:
         raise ValueError("validate_batch: known_ids needs id_column, the column they are ids of")
-    named = {id_column, timestamp_column, *(references or {})} - {None}
+    named = {id_column, timestamp_column, *(references or {}), *(rule.column for rule in row_rules)} - {None}
     if unknown := sorted(named - set(schema.columns)):
         raise ValueError(f"validate_batch: {', '.join(unknown)} not a column of the {schema.name} schema")
     incoming = df.reset_index(drop=True)
@@ -96,6 +111,7 @@ def validate_batch(
         [
             unparsable_reasons(unparsable, schema),
             failed_checks(checked, typed, unparsable, batch_name=batch_name),
+            *(row_rule_reasons(rule, typed) for rule in row_rules),
         ],
         ignore_index=True,
     )
@@ -107,7 +123,7 @@ def validate_batch(
     valid = typed.loc[~rejected].reset_index(drop=True)
     for name, column in schema.columns.items():
         valid[name] = cast_column(valid[name], column.dtype.type)
-    counts = Counter(reason for row in reasons for reason in row.split("; "))
+    counts = count_reasons(cases, list(schema.columns))
     result = ValidationResult(
         batch_name=batch_name,
         valid=valid,
@@ -184,6 +200,16 @@ def in_order(latest: pd.Timestamp, tolerance: pd.Timedelta) -> Callable[[pd.Seri
     return check
 
 
+def count_reasons(cases: pd.DataFrame, columns: list[str]) -> Counter:
+    """Rows per reason, a row counted once per reason; a ``RowRule``'s reasons count under its rule."""
+    cases = _in_column_order(cases, columns)
+    counted = cases["reason"]
+    if "counted_as" in cases.columns:
+        counted = cases["counted_as"].fillna(counted)
+    pairs = dict.fromkeys(zip(cases["index"].astype(int), counted, strict=True))
+    return Counter(reason for _, reason in pairs)
+
+
 def unparsable_reasons(unparsable: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
     """(index, column, reason) rows for the values that did not parse to their column's type."""
     cells = unparsable.stack()
@@ -207,11 +233,30 @@ def failed_checks(
     return pd.DataFrame(columns=["index", "column", "reason"])
 
 
-def join_reasons(cases: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """One "column: check; ..." string per failing row, indexed by row, reasons in schema column order."""
+def row_rule_reasons(rule: RowRule, typed: pd.DataFrame) -> pd.DataFrame:
+    """(index, column, reason, counted_as) rows for the rows of ``typed`` that break ``rule``."""
+    details = rule.details(typed).reindex(typed.index)
+    broken = details[details.notna()]
+    return pd.DataFrame(
+        {
+            "index": broken.index,
+            "column": rule.column,
+            "reason": [f"{rule.column}: {rule.name} ({detail})" for detail in broken],
+            "counted_as": f"{rule.column}: {rule.name}",
+        },
+        columns=["index", "column", "reason", "counted_as"],
+    )
+
+
+def _in_column_order(cases: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     position = {name: i for i, name in enumerate(columns)}
     cases = cases.assign(position=cases["column"].map(position).fillna(len(position)))
-    cases = cases.sort_values(["index", "position"], kind="stable")
+    return cases.sort_values(["index", "position"], kind="stable")
+
+
+def join_reasons(cases: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One "column: check; ..." string per failing row, indexed by row, reasons in schema column order."""
+    cases = _in_column_order(cases, columns)
     reasons = cases.groupby("index", sort=True)["reason"].agg(lambda rs: "; ".join(dict.fromkeys(rs)))
     reasons.index = reasons.index.astype(int)
     return reasons.rename(REASON_COLUMN).astype(object)

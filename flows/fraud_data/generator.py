@@ -21,7 +21,8 @@ The process, in the order it is generated:
 - Label arrival: ``label_timestamp`` is the event time plus a chargeback delay (lognormal, days to weeks)
   for fraud and a fixed maturity (7 days) for legitimate transactions. Consumers treat a label as known
   only when ``label_timestamp <= as_of``; label timestamps therefore often lie after the generated
-  period (and may lie after today).
+  period (and may lie after today). Labels are inline in the transactions; ``split_labels`` separates them
+  into a labels table, as a chargeback feed sends them, from transactions as the scoring service sees them.
 - Drift (``DriftSpec``), on transactions at or after ``drift.start`` only: amounts inflate (a price
   level: amounts relative to the customer's inflated normal carry the same risk), a share of card-present
   transactions move online (more fraud, through the online term), and a new fraud pattern appears
@@ -194,11 +195,14 @@ class GeneratorConfig:
 
 @dataclass
 class RawData:
-    """The three raw tables, in the columns and dtypes of the raw schema (docs/architecture.md)."""
+    """The raw tables, in the columns and dtypes of the raw schema (docs/architecture.md)."""
 
     customers: pd.DataFrame
     merchants: pd.DataFrame
     transactions: pd.DataFrame  # sorted by event_timestamp
+    labels: pd.DataFrame | None = (
+        None  # labels sent on their own (split_labels); None: inline in transactions
+    )
 
 
 @dataclass
@@ -581,20 +585,58 @@ def build_transactions_frame(config: GeneratorConfig, txns: Transactions, oracle
     )
 
 
+def split_labels(transactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Transactions as the scoring service sees them (``is_fraud`` and ``label_timestamp`` null), and their labels
+    as a chargeback feed sends them, in order of arrival (``transaction_id``, ``is_fraud``, ``label_timestamp``).
+
+    Generated labels often arrive after the generated period: a feed at time ``t`` sends the labels that had
+    arrived by then, ``labels[labels["label_timestamp"] <= t]`` (a label in the future is quarantined).
+    """
+    labelled = transactions["is_fraud"].notna() & transactions["label_timestamp"].notna()
+    labels = transactions.loc[labelled, ["transaction_id", "is_fraud", "label_timestamp"]]
+    labels = labels.astype({"is_fraud": "int64"}).sort_values("label_timestamp", kind="stable")
+    unlabelled = transactions.assign(
+        is_fraud=pd.array([pd.NA] * len(transactions), dtype="Int64"),
+        label_timestamp=pd.Series(
+            pd.NaT, index=transactions.index, dtype=transactions["label_timestamp"].dtype
+        ),
+    )
+    return unlabelled, labels.reset_index(drop=True)
+
+
 def write_raw_data(data: RawData, raw_dir: Path, batch_name: str) -> list[Path]:
-    """Write customers.parquet and merchants.parquet (overwritten) and transactions/<batch_name>.parquet."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=-]*", batch_name):
-        raise ValueError(f"batch_name {batch_name!r} must be a plain file name (letters, digits, . _ = -)")
+    """Write customers.parquet and merchants.parquet (overwritten), transactions/<batch_name>.parquet and, when
+    ``data.labels`` is set, labels/<batch_name>.parquet."""
+    _check_file_name(batch_name, "batch_name")
     raw_dir = Path(raw_dir)
     targets = [
         (data.customers, raw_dir / "customers.parquet"),
         (data.merchants, raw_dir / "merchants.parquet"),
         (data.transactions, raw_dir / "transactions" / f"{batch_name}.parquet"),
     ]
+    if data.labels is not None:
+        targets.append((data.labels, raw_dir / "labels" / f"{batch_name}.parquet"))
     for frame, path in targets:
-        # Whoever watches the landing zone never reads half a file.
-        write_atomically(path, lambda partial, frame=frame: frame.to_parquet(partial, index=False))
+        _write_parquet(frame, path)
     return [path for _, path in targets]
+
+
+def write_labels(labels: pd.DataFrame, raw_dir: Path, name: str) -> Path:
+    """Write a labels file, labels/<name>.parquet, as a chargeback feed would drop it in the landing zone."""
+    _check_file_name(name, "name")
+    path = Path(raw_dir) / "labels" / f"{name}.parquet"
+    _write_parquet(labels, path)
+    return path
+
+
+def _check_file_name(name: str, field_name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=-]*", name):
+        raise ValueError(f"{field_name} {name!r} must be a plain file name (letters, digits, . _ = -)")
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    # Whoever watches the landing zone never reads half a file.
+    write_atomically(path, lambda partial: frame.to_parquet(partial, index=False))
 
 
 def _check_vocabulary() -> None:

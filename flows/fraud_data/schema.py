@@ -1,4 +1,4 @@
-"""The raw data's vocabulary and schema: what a valid customer, merchant and transaction look like."""
+"""The raw data's vocabulary and schema: what a valid customer, merchant, transaction and label look like."""
 
 import pandas as pd
 import pandera.pandas as pa
@@ -86,4 +86,17 @@ transactions_schema = pa.DataFrameSchema(
         ),
     ],
     name="transactions",
+)
+
+# A label that arrives on its own, after its transaction (a chargeback, a confirmed-genuine mark). The rules that
+# need other tables (its transaction, earlier labels) are added by flows/feature_store/labels.py.
+labels_schema = pa.DataFrameSchema(
+    {
+        "transaction_id": pa.Column(
+            str, pa.Check.str_length(min_value=1), unique=True, report_duplicates="exclude_first"
+        ),
+        "is_fraud": pa.Column("int64", pa.Check.isin([0, 1])),
+        "label_timestamp": pa.Column(TIMESTAMP, metadata=NOT_IN_FUTURE),
+    },
+    name="labels",
 )

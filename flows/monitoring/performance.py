@@ -1,8 +1,9 @@
 """Live model performance with delayed labels: logged predictions joined with the labels that have arrived.
 
-A label counts only once ``label_timestamp <= as_of``, so the most recent predictions are mostly unlabelled
-(legitimate transactions mature after days, chargebacks after weeks): judge a window that is old enough, and
-read ``label_coverage`` before the figures. Decay is called only when the live figure is below the holdout
+Labels come from ``read_labels`` (inline in their transaction or from the labels table) and count only once
+``label_timestamp <= as_of``, so the most recent predictions are mostly unlabelled (legitimate transactions
+mature after days, chargebacks after weeks): judge a window that is old enough, and read ``label_coverage``
+before the figures. Decay is called only when the live figure is below the holdout
 figure by more than the tolerance *and* the bootstrap interval of the live figure lies below the holdout
 figure, so a few unlucky labels do not retrain the model.
 """
@@ -18,9 +19,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from flows.feature_store.offline_store import read_partitions
+from flows.feature_store.labels import read_labels
 
-LABEL_COLUMNS = ["transaction_id", "is_fraud", "label_timestamp"]
 CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 200
 
@@ -101,14 +101,8 @@ class PerformanceResult:
 
 def load_labels(validated_dir: Path, since: datetime, as_of: datetime) -> pd.DataFrame:
     """Labels known at ``as_of`` of validated transactions from ``since`` on (``transaction_id``, ``is_fraud``)."""
-    table = Path(validated_dir) / "transactions"
-    frame = read_partitions(table, columns=[*LABEL_COLUMNS, "event_timestamp"], since=pd.Timestamp(since))
-    if frame.empty:
-        return pd.DataFrame({"transaction_id": pd.Series(dtype=object), "is_fraud": pd.Series(dtype="int64")})
-    label_time = pd.to_datetime(frame["label_timestamp"], utc=True)
-    known = frame["is_fraud"].notna() & label_time.notna() & (label_time <= pd.Timestamp(as_of))
-    labels = frame.loc[known, ["transaction_id", "is_fraud"]].astype({"is_fraud": "int64"})
-    return labels.drop_duplicates("transaction_id", keep="last").reset_index(drop=True)
+    labels = read_labels(validated_dir, since=pd.Timestamp(since), known_by=pd.Timestamp(as_of))
+    return labels[["transaction_id", "is_fraud"]]
 
 
 def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from flows.feature_store.labels import labels_dir, read_labels
+from flows.feature_store.offline_store import max_timestamp, partition_files, table_columns
 from model_store.settings import Settings
 
 if TYPE_CHECKING:
@@ -120,42 +123,35 @@ def read_feature_spec(store: FeatureStore, service_name: str) -> FeatureSpec:
 
 
 def read_labeled_transactions(
-    transactions_dir: Path, cutoff: datetime | None = None, label_maturity: pd.Timedelta | None = None
+    validated_dir: Path, cutoff: datetime | None = None, label_maturity: pd.Timedelta | None = None
 ) -> tuple[pd.DataFrame, pd.Timestamp, list[Path]]:
     """Validated transactions whose label had arrived by ``cutoff`` (default: the newest transaction's time).
 
-    Fraud is reported later than legitimate use (chargebacks take weeks), so the newest transactions are
-    labeled mostly when legitimate. ``label_maturity`` leaves out transactions younger than that at the
-    cut-off, trading recent rows for a less skewed fraud rate. Returns the rows, the cut-off, the files read.
+    Labels are read with ``read_labels``: inline in the transaction or from the labels table. Fraud is reported
+    later than legitimate use (chargebacks take weeks), so the newest transactions are labeled mostly when
+    legitimate. ``label_maturity`` leaves out transactions younger than that at the cut-off, trading recent rows
+    for a less skewed fraud rate. Returns the rows, the cut-off, and the files read (transactions, then labels).
     """
-    files = sorted(transactions_dir.rglob("*.parquet"))
+    transactions_dir = validated_dir / "transactions"
+    files = partition_files(transactions_dir)
     if not files:
         raise FileNotFoundError(
             f"no validated transactions under {transactions_dir}: run the feature pipeline first"
         )
-    frame = pd.read_parquet(transactions_dir)
-    frame = frame.drop(columns=[c for c in ("date",) if c in frame.columns])
-    for column in (*ENTITY_COLUMNS, "amount", "channel", LABEL, "label_timestamp"):
-        if column not in frame.columns:
-            raise ValueError(f"validated transactions in {transactions_dir} lack column {column!r}")
-    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
-    frame["label_timestamp"] = pd.to_datetime(frame["label_timestamp"], utc=True)
-    cut = pd.Timestamp(cutoff) if cutoff is not None else frame[TIMESTAMP].max()
+    columns = [*ENTITY_COLUMNS, "amount", "channel"]
+    if ORACLE in table_columns(transactions_dir):
+        columns.append(ORACLE)
+    cut = pd.Timestamp(cutoff) if cutoff is not None else max_timestamp(transactions_dir)
     if cut.tzinfo is None:
         cut = cut.tz_localize("UTC")
-    known = (
-        (frame[TIMESTAMP] <= cut - (label_maturity or pd.Timedelta(0)))
-        & frame[LABEL].notna()
-        & frame["label_timestamp"].notna()
-        & (frame["label_timestamp"] <= cut)
-    )
-    labeled = frame.loc[known].copy()
-    labeled[LABEL] = labeled[LABEL].astype(np.int64)
-    logger.info("%d of %d transactions have a label by %s", len(labeled), len(frame), cut)
+    labeled = read_labels(validated_dir, columns=columns, known_by=cut)
+    labeled = labeled.loc[labeled[TIMESTAMP] <= cut - (label_maturity or pd.Timedelta(0))]
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    logger.info("%d of %d transactions have a label by %s", len(labeled), rows, cut)
     return (
         labeled.sort_values([TIMESTAMP, "transaction_id"], kind="stable").reset_index(drop=True),
         cut,
-        files,
+        files + partition_files(labels_dir(validated_dir)),
     )
 
 
@@ -269,16 +265,20 @@ def frame_digest(frame: pd.DataFrame) -> str:
 
 
 def describe_lineage(
-    settings: Settings, spec: FeatureSpec, transaction_files: list[Path], store: FeatureStore
+    settings: Settings, spec: FeatureSpec, source_files: list[Path], store: FeatureStore
 ) -> dict[str, Any]:
-    """Where the training set came from: source files with content hashes, and the feature definitions."""
+    """Where the training set came from: source files (transactions, labels) with content hashes, and the
+    feature definitions."""
     views = sorted({ref.split(":")[0] for ref in spec.feature_refs})
     offline_files: list[Path] = []
     for view in views:
         folder = settings.offline_dir / view
         if folder.is_dir():
             offline_files.extend(folder.rglob("*.parquet"))
-    transactions = file_digests(transaction_files, settings.data_dir)
+    label_folder = labels_dir(settings.validated_dir)
+    label_files = [f for f in source_files if label_folder in f.parents]
+    transactions = file_digests([f for f in source_files if f not in label_files], settings.data_dir)
+    labels = file_digests(label_files, settings.data_dir)
     offline = file_digests(offline_files, settings.data_dir)
     return {
         "feature_service": spec.feature_service,
@@ -287,8 +287,10 @@ def describe_lineage(
         "categorical_features": spec.categorical_features,
         "feature_refs": spec.feature_refs,
         "transactions_hash": combined_digest(transactions),
+        "labels_hash": combined_digest(labels),
         "offline_features_hash": combined_digest(offline),
         "transaction_files": transactions,
+        "label_files": labels,
         "offline_feature_files": offline,
     }
 
@@ -345,7 +347,7 @@ def build_training_set(
     """
     spec = read_feature_spec(store, feature_service)
     transactions, cut, files = read_labeled_transactions(
-        settings.validated_dir / "transactions", cutoff, pd.Timedelta(days=label_maturity_days)
+        settings.validated_dir, cutoff, pd.Timedelta(days=label_maturity_days)
     )
     if transactions.empty:
         raise ValueError(f"no transaction had a label by the cut-off {cut}: nothing to train on")

@@ -90,6 +90,7 @@ def log_training_set(data: TrainingSet, store: Any, source: str) -> None:
             "data.features": ",".join(data.spec.features),
             "data.categorical_features": ",".join(data.spec.categorical_features),
             "data.transactions_hash": data.lineage["transactions_hash"],
+            "data.labels_hash": data.lineage["labels_hash"],
             "data.offline_features_hash": data.lineage["offline_features_hash"],
             "data.training_frame_hash": data.lineage["training_frame_hash"],
             **{f"data.rows_{k}": v for k, v in data.lineage["rows"].items()},

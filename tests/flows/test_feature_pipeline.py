@@ -14,9 +14,14 @@ import pandas as pd
 import pytest
 import redis
 
-from flows.feature_pipeline import feature_pipeline
+from flows.feature_pipeline import IngestedBatches, feature_pipeline, load_feature_inputs
 from flows.feature_store.definitions import apply_definitions
-from flows.feature_store.offline_store import read_partitions
+from flows.feature_store.labels import read_labels, write_validated_labels
+from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
+from flows.fraud_data.features import compute_merchant_risk
+from flows.fraud_data.generator import split_labels, write_labels
+from flows.monitoring.performance import load_labels
+from flows.training.dataset import read_labeled_transactions
 from model_store.settings import REPO_ROOT, Settings
 
 VIEWS = {
@@ -100,7 +105,7 @@ def test_second_run_changes_nothing(pipeline_settings: Settings) -> None:
 
     summary = feature_pipeline()
 
-    assert summary == {"transactions": 0}
+    assert summary == {"transactions": 0, "labels": 0}
     assert sorted(p.stat().st_mtime_ns for p in pipeline_settings.data_dir.rglob("*.parquet")) == files_before
     assert sorted(client.scan_iter(match=f"*{pipeline_settings.feast_project}", count=1000)) == keys_before
     assert [client.hgetall(k) for k in sample] == values_before
@@ -239,3 +244,110 @@ def test_running_the_module_as_the_readme_says_prints_no_traceback(settings: Set
     assert re.search(
         r"flows\.feature_store\.validation - Batch batch_001: \d+ valid, \d+ quarantined", output
     )
+
+
+def _sorted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return frame.sort_values(by, kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_labels_sent_on_their_own_give_what_inline_labels_give(
+    pipeline_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's data again, batch_002's labels taken out of its rows and sent as a labels file that had
+    arrived by the data's "now": the same merchant risk, and the training set and live performance read the same
+    labels. A label for a transaction labelled inline before is quarantined."""
+    from tests.conftest import delete_project_keys, make_settings
+
+    inline = pipeline_settings
+    as_of = max_timestamp(inline.validated_dir / "transactions")
+    expected_risk = _sorted(
+        read_partitions(inline.offline_dir / "merchant_risk"), ["event_timestamp", "merchant_id"]
+    )
+    expected_training, _, _ = read_labeled_transactions(inline.validated_dir)
+    since = as_of - pd.Timedelta(days=30)
+    expected_performance = _sorted(load_labels(inline.validated_dir, since, as_of), ["transaction_id"])
+    raw = inline.raw_dir
+
+    settings = make_settings(tmp_path / "rtml", monkeypatch)
+    for name in ("customers.parquet", "merchants.parquet", "transactions/batch_001.parquet"):
+        (settings.raw_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings.raw_dir / name).write_bytes((raw / name).read_bytes())
+    unlabelled, labels = split_labels(pd.read_parquet(raw / "transactions" / "batch_002.parquet"))
+    unlabelled.to_parquet(settings.raw_dir / "transactions" / "batch_002.parquet", index=False)
+    arrived = labels[labels["label_timestamp"] <= as_of]
+    first = pd.read_parquet(raw / "transactions" / "batch_001.parquet").iloc[0]
+    relabel = pd.DataFrame(
+        {
+            "transaction_id": [first["transaction_id"]],
+            "is_fraud": [1 - first["is_fraud"]],
+            "label_timestamp": [as_of],
+        }
+    )
+    write_labels(pd.concat([arrived, relabel], ignore_index=True), settings.raw_dir, "chargebacks-0001")
+    try:
+        summary = feature_pipeline()
+
+        assert summary["transactions"] == len(read_partitions(inline.validated_dir / "transactions"))
+        assert summary["labels"] == len(arrived) > 0
+        quarantined = pd.read_parquet(settings.quarantine_dir / "labels" / "chargebacks-0001.parquet")
+        assert quarantined["quarantine_reason"].tolist() == [
+            f"transaction_id: labelled before (is_fraud={first['is_fraud']} at "
+            f"{first['label_timestamp'].isoformat()} in its transaction row)"
+        ]
+        risk = _sorted(
+            read_partitions(settings.offline_dir / "merchant_risk"), ["event_timestamp", "merchant_id"]
+        )
+        pd.testing.assert_frame_equal(risk, expected_risk)
+        training, _, files = read_labeled_transactions(settings.validated_dir)
+        pd.testing.assert_frame_equal(training, expected_training)
+        assert any("labels" in f.parts for f in files)
+        performance = _sorted(load_labels(settings.validated_dir, since, as_of), ["transaction_id"])
+        pd.testing.assert_frame_equal(performance, expected_performance)
+        assert feature_pipeline() == {"transactions": 0, "labels": 0}  # each labels file once
+    finally:
+        delete_project_keys(settings.feast_project)
+
+
+def test_merchant_risk_counts_labels_that_arrived_on_their_own(settings: Settings) -> None:
+    """Labels of earlier transactions arrive in a labels file, one before its transaction: the next run's risk
+    snapshots count them all."""
+    day = pd.Timestamp("2026-03-01", tz="UTC")
+    old = pd.DataFrame(
+        {
+            "transaction_id": [f"old-{i}" for i in range(6)],
+            "event_timestamp": pd.date_range(day + pd.Timedelta("9h"), periods=6, freq="10min").as_unit("us"),
+            "customer_id": 1,
+            "merchant_id": [10, 10, 10, 11, 11, 11],
+            "amount": 20.0,
+            "channel": "online",
+            "is_fraud": pd.array([None] * 6, dtype="Int64"),
+            "label_timestamp": pd.Series(pd.NaT, index=range(6), dtype="datetime64[us, UTC]"),
+        }
+    )
+    validated = settings.validated_dir
+    write_partitions(old, validated / "transactions", "tx-1")
+    feed = pd.DataFrame(
+        {
+            "transaction_id": [*old["transaction_id"], "late"],
+            "is_fraud": [1, 1, 0, 0, 0, 0, 1],
+            "label_timestamp": pd.Series([day + pd.Timedelta("1D")] * 7).dt.as_unit("us"),
+        }
+    )
+    write_validated_labels(feed, validated, "cb-1")
+    new = old.iloc[:2].assign(
+        transaction_id=["late", "new"],
+        event_timestamp=[day + pd.Timedelta("1D") - pd.Timedelta("5min"), day + pd.Timedelta("2D")],
+        merchant_id=[10, 11],
+    )
+    write_partitions(new, validated / "transactions", "tx-2")
+
+    inputs = load_feature_inputs.fn(settings, IngestedBatches(new, [], {}), pd.Timedelta("1D"))
+
+    assert sorted(inputs.labels["transaction_id"]) == sorted(feed["transaction_id"])
+    assert inputs.labels.set_index("transaction_id").at["late", "merchant_id"] == 10
+    risk = compute_merchant_risk(inputs.labels, np.array([10, 11]), inputs.snapshots)
+    latest = risk[risk["event_timestamp"] == inputs.snapshots[-1]].set_index("merchant_id")
+    assert latest["merchant_labeled_txn_30d"].to_dict() == {10: 4, 11: 3}
+    assert latest.at[10, "merchant_fraud_rate_30d"] > latest.at[11, "merchant_fraud_rate_30d"]
+    assert read_labels(validated, known_by=day + pd.Timedelta("12h")).empty  # not arrived yet at noon

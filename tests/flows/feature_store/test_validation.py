@@ -12,6 +12,7 @@ from flows.feature_store.validation import (
     REASON_COLUMN,
     ROW_COLUMN,
     BatchRejectedError,
+    RowRule,
     ValidationResult,
     check_invalid_share,
     validate_batch,
@@ -218,6 +219,43 @@ def test_reason_counts_count_rows_per_rule() -> None:
     assert result.reason_counts["amount: greater_than(0)"] == 3
     assert result.reason_counts["channel: isin(('chip', 'contactless', 'online'))"] == 1
     assert next(iter(result.reason_counts)) == "amount: greater_than(0)"
+
+
+def test_row_rule_names_its_detail_per_row_and_counts_under_its_name() -> None:
+    """A rule whose reason names another table's value (an earlier label, say) reads per row, counts per rule."""
+    batch = good_transactions()
+    batch.loc[4, "amount"] = -1.0
+    seen_before = {"t1": "batch-0", "t4": "batch-3"}
+    rule = RowRule("transaction_id", "seen before", lambda typed: typed["transaction_id"].map(seen_before))
+    result = validate(batch, row_rules=[rule])
+
+    assert result.quarantined[REASON_COLUMN].to_dict() == {
+        1: "transaction_id: seen before (batch-0)",
+        4: "transaction_id: seen before (batch-3); amount: greater_than(0)",
+    }
+    assert result.reason_counts == {"transaction_id: seen before": 2, "amount: greater_than(0)": 1}
+    assert list(result.valid["transaction_id"]) == ["t0", "t2", "t3", "t5"]
+
+
+def test_row_rule_sees_typed_values_and_must_name_a_schema_column() -> None:
+    batch = good_transactions()
+    batch["event_timestamp"] = batch["event_timestamp"].astype(str)  # as a CSV holds it
+    late = RowRule(
+        "event_timestamp",
+        "after 09:05",
+        lambda typed: typed["event_timestamp"].where(
+            typed["event_timestamp"] > NOW - pd.Timedelta("2h55min")
+        ),
+    )
+    result = validate(batch, row_rules=[late])
+    assert list(result.quarantined.index) == [3, 4, 5]
+    assert (
+        result.quarantined.at[3, REASON_COLUMN] == "event_timestamp: after 09:05 (2026-03-01 09:06:00+00:00)"
+    )
+    with pytest.raises(ValueError, match="customer not a column of the transactions schema"):
+        validate(
+            good_transactions(), row_rules=[RowRule("customer", "x", lambda typed: typed["customer_id"])]
+        )
 
 
 def test_unparsable_value_is_not_also_reported_as_null() -> None:

@@ -16,6 +16,8 @@ from flows.fraud_data.generator import (
     generate_raw_data,
     main,
     solve_intercept,
+    split_labels,
+    write_labels,
     write_raw_data,
 )
 from flows.fraud_data.schema import CARD_TYPES, CHANNELS, MAX_AMOUNT, MERCHANT_CATEGORIES, REGIONS
@@ -306,6 +308,45 @@ def test_write_raw_data_round_trips_the_contract(tmp_path: Path, data: RawData) 
     assert sorted(p.name for p in (tmp_path / "raw").rglob("*")) == sorted(
         ["customers.parquet", "merchants.parquet", "transactions", "batch-001.parquet"]
     )
+
+
+def test_split_labels_leaves_transactions_unlabelled_and_loses_no_label(data: RawData) -> None:
+    unlabelled, labels = split_labels(data.transactions)
+
+    label_columns = ["is_fraud", "label_timestamp"]
+    pd.testing.assert_frame_equal(
+        unlabelled.drop(columns=label_columns),
+        data.transactions.drop(columns=label_columns),
+        check_exact=True,
+    )
+    assert unlabelled["is_fraud"].isna().all() and unlabelled["label_timestamp"].isna().all()
+    assert unlabelled["label_timestamp"].dtype == data.transactions["label_timestamp"].dtype
+    assert list(labels.columns) == ["transaction_id", *label_columns]
+    assert labels["label_timestamp"].is_monotonic_increasing  # in order of arrival, as a feed sends them
+    back = unlabelled.drop(columns=label_columns).merge(labels, on="transaction_id", validate="1:1")
+    pd.testing.assert_frame_equal(back[list(data.transactions.columns)], data.transactions, check_exact=True)
+
+
+def test_labels_written_on_their_own_round_trip(tmp_path: Path, data: RawData) -> None:
+    unlabelled, labels = split_labels(data.transactions)
+    paths = write_raw_data(
+        RawData(data.customers, data.merchants, unlabelled, labels), tmp_path / "raw", "batch-001"
+    )
+    assert [p.relative_to(tmp_path / "raw").as_posix() for p in paths] == [
+        "customers.parquet",
+        "merchants.parquet",
+        "transactions/batch-001.parquet",
+        "labels/batch-001.parquet",
+    ]
+    pd.testing.assert_frame_equal(pd.read_parquet(paths[2]), unlabelled, check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(paths[3]), labels, check_exact=True)
+
+    arrived = labels[labels["label_timestamp"] <= data.transactions["event_timestamp"].max()]
+    feed = write_labels(arrived, tmp_path / "raw", "chargebacks-0001")
+    assert feed == tmp_path / "raw" / "labels" / "chargebacks-0001.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(feed), arrived, check_exact=True)
+    with pytest.raises(ValueError, match=r"name '\.\./x' must be a plain file name"):
+        write_labels(arrived, tmp_path / "raw", "../x")
 
 
 @pytest.mark.parametrize("bad_name", ["", "../escape", "a/b", ".hidden"])

@@ -18,12 +18,18 @@ from flows.fraud_data.schema import (
     MERCHANT_CATEGORIES,
     REGIONS,
     customers_schema,
+    labels_schema,
     merchants_schema,
     transactions_schema,
 )
 from model_store.settings import REPO_ROOT
 
-SCHEMAS = {"customers": customers_schema, "merchants": merchants_schema, "transactions": transactions_schema}
+SCHEMAS = {
+    "customers": customers_schema,
+    "merchants": merchants_schema,
+    "transactions": transactions_schema,
+    "labels": labels_schema,
+}
 # How docs/architecture.md spells each type.
 DOC_TYPES = {
     "int64": "int64",
@@ -121,10 +127,25 @@ def transactions() -> pd.DataFrame:
     )
 
 
+def labels() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "transaction_id": ["a", "b"],
+            "is_fraud": [1, 0],
+            "label_timestamp": timestamps("2026-01-20", "2026-01-08"),
+        }
+    )
+
+
 @pytest.mark.parametrize(
     "schema, frame",
-    [(customers_schema, customers), (merchants_schema, merchants), (transactions_schema, transactions)],
-    ids=["customers", "merchants", "transactions"],
+    [
+        (customers_schema, customers),
+        (merchants_schema, merchants),
+        (transactions_schema, transactions),
+        (labels_schema, labels),
+    ],
+    ids=["customers", "merchants", "transactions", "labels"],
 )
 def test_schema_accepts_every_documented_value(schema: pa.DataFrameSchema, frame) -> None:
     assert failed_checks(schema, frame()) == set()
@@ -181,6 +202,19 @@ def test_transactions_rules() -> None:
         "label_timestamp: earlier than event_timestamp",
         "is_fraud: set without label_timestamp, or the reverse",
     }
+
+
+def test_labels_rules() -> None:
+    frame = labels()
+    frame.loc[1, "transaction_id"] = "a"
+    frame.loc[0, "is_fraud"] = 2
+
+    assert failed_checks(labels_schema, frame) == {
+        ("transaction_id", "field_uniqueness"),
+        ("is_fraud", "isin([0, 1])"),
+    }
+    empty_id = labels().assign(transaction_id=["", "b"])
+    assert failed_checks(labels_schema, empty_id) == {("transaction_id", "str_length(1, None)")}
 
 
 def test_a_label_needs_its_arrival_time() -> None:

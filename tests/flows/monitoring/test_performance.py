@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
+from flows.feature_store.labels import write_validated_labels
 from flows.monitoring.performance import (
     PerformanceThresholds,
     join_labels,
@@ -82,6 +83,29 @@ def test_labels_count_only_once_they_have_arrived(settings: Settings) -> None:
     assert sorted(labels["transaction_id"]) == sorted(expected["transaction_id"])
     assert labels["is_fraud"].dtype == "int64"
     assert load_labels(settings.validated_dir, START + timedelta(days=40), as_of=AS_OF).empty
+
+
+def test_labels_arriving_on_their_own_after_their_transactions_count_once_arrived(settings: Settings) -> None:
+    frame, _ = transactions(400, seed=4)
+    unlabelled = frame.assign(
+        is_fraud=pd.array([None] * len(frame), dtype="Int64"),
+        label_timestamp=pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]"),
+    )
+    write_validated(unlabelled, settings.validated_dir, "b")
+    feed = frame[["transaction_id", "is_fraud", "label_timestamp"]].copy()
+    feed.loc[feed.index % 4 == 0, "label_timestamp"] = AS_OF + pd.Timedelta(days=2)
+    write_validated_labels(feed, settings.validated_dir, "chargebacks")
+
+    labels = load_labels(settings.validated_dir, START, as_of=AS_OF)
+
+    arrived = feed[feed.index % 4 != 0]
+    assert sorted(labels["transaction_id"]) == sorted(arrived["transaction_id"])
+    assert (
+        labels.set_index("transaction_id")["is_fraud"].to_dict()
+        == arrived.set_index("transaction_id")["is_fraud"].to_dict()
+    )
+    later = load_labels(settings.validated_dir, START, as_of=AS_OF + pd.Timedelta(days=3))
+    assert len(later) == len(frame)
 
 
 def test_good_scores_hold_and_bad_scores_decay(settings: Settings) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows.feature_store.labels import write_validated_labels
 from flows.feature_store.offline_store import write_partitions
 from flows.training.dataset import (
     build_training_set,
@@ -191,15 +192,52 @@ def test_labels_after_the_cutoff_are_left_out(tmp_path: Path) -> None:
     )
     folder = tmp_path / "transactions"
     write_partitions(frame, folder, "b1")
-    labeled, cutoff, files = read_labeled_transactions(folder, cutoff=times[4].to_pydatetime())
+    labeled, cutoff, files = read_labeled_transactions(tmp_path, cutoff=times[4].to_pydatetime())
     # t2's label arrived after the cut-off, t3 has none, t5 happened after it.
     assert labeled["transaction_id"].tolist() == ["t0", "t1", "t4"]
     assert cutoff == times[4]
     assert len(files) == 6
-    mature, _, _ = read_labeled_transactions(folder, times[4].to_pydatetime(), pd.Timedelta(days=3))
+    mature, _, _ = read_labeled_transactions(tmp_path, times[4].to_pydatetime(), pd.Timedelta(days=3))
     assert mature["transaction_id"].tolist() == ["t0", "t1"]
     with pytest.raises(FileNotFoundError, match="run the feature pipeline first"):
         read_labeled_transactions(tmp_path / "missing")
+
+
+def test_labels_arriving_after_their_transactions_in_a_labels_file_are_trained_on(tmp_path: Path) -> None:
+    times = pd.date_range("2026-01-01", periods=4, freq="D", tz="UTC").as_unit("us")
+    frame = pd.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(4)],
+            "customer_id": 1,
+            "merchant_id": 1,
+            "event_timestamp": times,
+            "amount": 10.0,
+            "channel": "chip",
+            "is_fraud": pd.array([0, None, None, None], dtype="Int64"),
+            "label_timestamp": pd.Series([times[1], pd.NaT, pd.NaT, pd.NaT], dtype=times.dtype),
+            "oracle_probability": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
+    write_partitions(frame, tmp_path / "transactions", "b1")
+    chargebacks = pd.DataFrame(
+        {
+            "transaction_id": ["t1", "t2", "t0-unknown"],
+            "is_fraud": [1, 0, 1],
+            "label_timestamp": pd.Series([times[2], times[3] + pd.Timedelta("1h"), times[2]]).dt.as_unit(
+                "us"
+            ),
+        }
+    )
+    write_validated_labels(chargebacks, tmp_path, "cb-1")
+
+    labeled, _, files = read_labeled_transactions(tmp_path, cutoff=times[3].to_pydatetime())
+    # t1's label arrived in the file before the cut-off; t2's arrived after it, t3 has none.
+    assert labeled["transaction_id"].tolist() == ["t0", "t1"]
+    assert labeled["is_fraud"].tolist() == [0, 1]
+    assert labeled["oracle_probability"].tolist() == [0.1, 0.2]
+    assert [f.parent.parent.name for f in files].count("labels") == 2
+    later, _, _ = read_labeled_transactions(tmp_path, cutoff=times[3] + pd.Timedelta("1D"))
+    assert later["transaction_id"].tolist() == ["t0", "t1", "t2"]
 
 
 def test_burn_in_leaves_out_the_first_days_of_history_and_says_when_nothing_is_left() -> None:
