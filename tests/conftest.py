@@ -91,23 +91,10 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
 
 
 def delete_project_keys(project: str, url: str = REDIS_URL) -> None:
-    """Remove the Redis keys of one Feast project (keys end with the project name), nothing else."""
-    import redis
+    """Remove the Redis keys of one test's Feast project, nothing else."""
+    from deploy.local.servers import delete_project_keys as delete
 
-    client = redis.Redis.from_url(url)
-    try:
-        batch = []
-        for key in client.scan_iter(match=f"*{project}", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.delete(*batch)
-                batch.clear()
-        if batch:
-            client.delete(*batch)
-    except redis.ConnectionError:
-        pass
-    finally:
-        client.close()
+    delete(url, project)
 
 
 @pytest.fixture(scope="session")

@@ -113,11 +113,13 @@ def ensure_online_store(settings: Settings, steps: Steps) -> Settings:
         return get_settings()
 
 
-def start_fresh(settings: Settings) -> None:
+def start_fresh(settings: Settings, steps: Steps) -> None:
     """Each demo starts from empty stores under the demo's home, so it tells the same story every time.
 
     That includes the demo's own Prefect server state: a run left "Running" by an interrupted demo would
-    hold the training deployment's concurrency slot. A server named by PREFECT_API_URL is never touched.
+    hold the training deployment's concurrency slot (a server named by PREFECT_API_URL is never touched),
+    and its Feast project's keys on Redis: the stream and the window state of a previous run would make the
+    processor take this run's transactions for ones it has counted already.
     """
     folders = ["data", "feast", "mlflow", "bentoml", "profiles", "reports"]
     if not os.environ.get("PREFECT_API_URL"):
@@ -125,6 +127,12 @@ def start_fresh(settings: Settings) -> None:
     for folder in folders:
         shutil.rmtree(settings.home / folder, ignore_errors=True)
     (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    if settings.online_store == "redis" and (
+        removed := servers.delete_project_keys(settings.redis_url, settings.feast_project)
+    ):
+        steps.result(
+            f"removed the {removed:,} Redis keys of project {settings.feast_project!r} a previous run left"
+        )
 
 
 def data_end(now: pd.Timestamp) -> pd.Timestamp:
@@ -557,7 +565,7 @@ def main() -> None:
 
 
 def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: float, steps: Steps) -> None:
-    start_fresh(settings)
+    start_fresh(settings, steps)
     summary: dict[str, Any] = {"own_prefect_server": not os.environ.get("PREFECT_API_URL")}
 
     with ExitStack() as stack:

@@ -231,6 +231,29 @@ def bento_service(target: str, env: dict[str, str], log_path: Path, timeout: flo
         yield url
 
 
+def delete_project_keys(url: str, project: str) -> int:
+    """Remove one Feast project's keys from Redis (Feast's and ours all end with the project name), nothing
+    else; returns how many. For a project the caller owns: a test's, the demo's own."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"*{project}", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += client.delete(*batch)
+                batch.clear()
+        if batch:
+            deleted += client.delete(*batch)
+    except redis.ConnectionError:
+        pass
+    finally:
+        client.close()
+    return deleted
+
+
 @contextmanager
 def stream_process(
     name: str, env: dict[str, str], log_path: Path, wait: bool = True, timeout: float = 120

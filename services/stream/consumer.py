@@ -105,6 +105,7 @@ class GroupConsumer:
         fence: Fence | None = None,
         name: str | None = None,
         on_state_lost: Callable[[], None] | None = None,
+        on_idle: Callable[[], Awaitable[list[Entry]]] | None = None,
     ) -> None:
         self.client = client
         self.streams = list(streams)
@@ -116,6 +117,9 @@ class GroupConsumer:
         self.fence = fence
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.on_state_lost = on_state_lost
+        # Called when a read finds nothing new: a buffering handler writes what is due and returns the entries
+        # that may now be acknowledged (otherwise its last rows would wait for the next entry).
+        self.on_idle = on_idle
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
         self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
@@ -152,6 +156,10 @@ class GroupConsumer:
                 self.stats.redis_ok = True
                 if entries:
                     await self.process(entries)
+                elif self.on_idle is not None:
+                    await self.settle()
+                    if done := await self.on_idle():
+                        await self.commit(done, Effects(ack=done))
                 if time.monotonic() - self._lag_checked > LAG_CHECK_SECONDS:
                     await self.measure_lag()
                 backoff = 0.1

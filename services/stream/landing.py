@@ -67,11 +67,18 @@ class LandingWriter:
                 continue
             self._rows.append(raw_row(event.transaction))
             self._entries.append(entry)
-        if len(self._rows) >= self.flush_rows or (
-            self._rows and time.monotonic() - self._since >= self.flush_seconds
-        ):
+        if self._due():
             effects.ack.extend(await asyncio.to_thread(self.write))
         return effects
+
+    def _due(self) -> bool:
+        return len(self._rows) >= self.flush_rows or (
+            bool(self._rows) and time.monotonic() - self._since >= self.flush_seconds
+        )
+
+    async def flush_due(self) -> list[Entry]:
+        """Write what is held if it is due (called while the stream is idle); returns the entries written."""
+        return await self.flush() if self._due() else []
 
     async def flush(self) -> list[Entry]:
         return await asyncio.to_thread(self.write)
@@ -120,6 +127,7 @@ async def landing_role(settings: StreamSettings, client: Redis, stopping: asynci
         group=GROUP,
         streams=[settings.stream("transactions")],
         handler=writer.handle,
+        flush_due=writer.flush_due,
         flush=writer.flush,
     )
 

@@ -71,7 +71,7 @@ class Script:
 # One entity's write: add its new events to its state (KEYS[1], a sorted set by time), drop what no window
 # reaches (below ARGV[1]), keep the state for ARGV[2] ms of idleness, then set the view's values on Feast's hash
 # (KEYS[2]) with Feast's key TTL (ARGV[3], 0 for none). ARGV[4] = n, then n (time, event) pairs, then the
-# hash's fields and values. One command instead of four: fewer replies to read in every commit.
+# hash's fields and values (none: the state alone changes). One command instead of four: fewer replies.
 WRITE_SCRIPT = Script(
     """
 local n = tonumber(ARGV[4])
@@ -81,9 +81,11 @@ for start = first, first + 2 * n - 1, 1000 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, first + 2 * n))
-if tonumber(ARGV[3]) > 0 then
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+if #ARGV >= first + 2 * n then
+  redis.call('HSET', KEYS[2], unpack(ARGV, first + 2 * n))
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+  end
 end
 return n
 """
@@ -151,8 +153,9 @@ class _Entity:
     touched: int = 0
 
 
-# (event id, its time in microseconds, its row, index of the view, the entity's key in that view)
-Target = tuple[str, int, dict[str, Any], int, Any]
+# (event id, its time in microseconds, its row, index of the view, the entity's key in that view, backfill?)
+Target = tuple[str, int, dict[str, Any], int, Any, bool]
+BACKFILL = "backfill"
 
 
 @dataclass(frozen=True)
@@ -199,19 +202,20 @@ class WindowState:
             for c in other_columns:
                 row[c] = raw[c]
             time_us = (transaction.timestamp - EPOCH) // ONE_MICROSECOND
+            backfill = event.source == BACKFILL
             for index, layout in enumerate(self.layouts):
                 key = raw[layout.view.key]
                 if (
                     self.partitions == 1
                     or partition_of(layout.view.name, key, self.partitions) == self.partition
                 ):
-                    out.append((transaction.transaction_id, time_us, row, index, key))
+                    out.append((transaction.transaction_id, time_us, row, index, key, backfill))
         return out
 
     def missing(self, targets: Iterable[Target]) -> list[StateRef]:
         """Entities of the batch whose state is not in memory: load them (``load``) before ``apply``."""
         refs: dict[tuple[int, Any], StateRef] = {}
-        for _, _, _, index, key in targets:
+        for _, _, _, index, key, _ in targets:
             if (index, key) not in self.cache and (index, key) not in refs:
                 layout = self.layouts[index]
                 redis_key = layout.redis_key(key)
@@ -232,9 +236,10 @@ class WindowState:
     def apply(self, targets: Iterable[Target]) -> list[Command]:
         """Count each event into its entities' windows; returns one state-and-online write per entity touched."""
         added: dict[tuple[int, Any], tuple[_Entity, list[Any]]] = {}
+        online: set[tuple[int, Any]] = set()
         cache = self.cache
         self.generation += 1
-        for event_id, time_us, row, index, key in targets:
+        for event_id, time_us, row, index, key, backfill in targets:
             entity = cache.get((index, key))
             if entity is None:
                 raise KeyError(
@@ -247,12 +252,20 @@ class WindowState:
                     touched = added[(index, key)] = (entity, [])
                     entity.touched = self.generation
                 touched[1].extend((time_us, member))
+                if not backfill:
+                    online.add((index, key))
         commands: list[Command] = []
-        for entity, members in added.values():
+        for entity_key, (entity, members) in added.items():
             view, windows, layout = entity.layout.view, entity.windows, entity.layout
             newest = windows.newest
             assert newest is not None
-            hset = layout.fields_and_values(windows.features(), newest + STAMP_DELAY_US)
+            # Backfill fills the state only: the batch pipeline wrote those entities' online values from all
+            # of their history, which the state (the horizon before the newest backfilled transaction) lacks.
+            hset = (
+                layout.fields_and_values(windows.features(), newest + STAMP_DELAY_US)
+                if entity_key in online
+                else []
+            )
             commands.append(
                 (
                     "EVALSHA",

@@ -35,7 +35,9 @@ class Role:
     handler: Handler
     fence: Fence | None = None
     on_state_lost: Callable[[], None] | None = None
-    # A role that buffers writes what it holds at shutdown; returns the entries that may now be acknowledged.
+    # A role that buffers writes what is due when the stream is idle, and all it holds at shutdown; each returns
+    # the entries that may now be acknowledged.
+    flush_due: Callable[[], Awaitable[list[Entry]]] | None = None
     flush: Callable[[], Awaitable[list[Entry]]] | None = None
     release: Callable[[], Awaitable[None]] | None = None
 
@@ -79,6 +81,7 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
             block_ms=settings.stream_block_ms,
             fence=role.fence,
             on_state_lost=role.on_state_lost,
+            on_idle=role.flush_due,
         )
         health.watch(consumer)
         if stopping.is_set():

@@ -92,6 +92,10 @@ class TrafficRecorder:
             effects.ack.extend(await asyncio.to_thread(self.write))
         return effects
 
+    async def flush_due(self) -> list[Entry]:
+        """Write what is held if it is due (called while the stream is idle); returns the entries written."""
+        return await self.flush() if self._due() else []
+
     async def flush(self) -> list[Entry]:
         """Write everything held (at shutdown); returns the entries written."""
         return await asyncio.to_thread(self.write)
@@ -170,6 +174,7 @@ async def traffic_role(settings: StreamSettings, client: Redis, stopping: asynci
         group=GROUP,
         streams=[settings.stream("transactions")],
         handler=recorder.handle,
+        flush_due=recorder.flush_due,
         flush=recorder.flush,
     )
 

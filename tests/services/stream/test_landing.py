@@ -65,3 +65,16 @@ def test_after_a_crash_landed_entries_are_not_landed_twice(tmp_path: Path) -> No
     asyncio.run(again.flush())
     landed = pd.concat(pd.read_parquet(p) for p in sorted(tmp_path.glob("*.parquet")))
     assert sorted(landed["transaction_id"]) == ["l0", "l1", "l2", "l3"]
+
+
+def test_held_transactions_are_written_when_due_even_if_the_stream_goes_quiet(tmp_path: Path) -> None:
+    """The consumer asks a quiet writer whether a write is due: the last transactions do not wait for more."""
+    import time
+
+    writer = LandingWriter(tmp_path, flush_seconds=0.2)
+    effects = asyncio.run(writer.handle([entry(0), entry(1)]))
+    assert effects.ack == [] and writer.buffered == 2
+    assert asyncio.run(writer.flush_due()) == []  # not due yet
+    time.sleep(0.25)
+    assert [e.id for e in asyncio.run(writer.flush_due())] == [b"500-0", b"501-0"]
+    assert writer.buffered == 0 and len(list(tmp_path.glob("*.parquet"))) == 1

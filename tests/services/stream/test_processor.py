@@ -98,12 +98,12 @@ def as_transactions(frame: pd.DataFrame) -> list[Transaction]:
     ]
 
 
-def publish_frame(settings: StreamSettings, frame: pd.DataFrame, url: str | None = None) -> int:
+def publish_frame(
+    settings: StreamSettings, frame: pd.DataFrame, url: str | None = None, source: str = "upstream"
+) -> int:
     client = redis.Redis.from_url(url or settings.redis_url)
     try:
-        return publish(
-            client, settings.stream("transactions"), as_transactions(frame), "upstream", 10_000_000
-        )
+        return publish(client, settings.stream("transactions"), as_transactions(frame), source, 10_000_000)
     finally:
         client.close()
 
@@ -202,6 +202,41 @@ def test_online_values_equal_the_batch_for_every_entity_and_replays_change_nothi
     for key, size in state_before.items():
         view = views["customer_activity" if b":customer_activity:" in key else "merchant_activity"]
         assert size <= (frame["event_timestamp"] > newest - view.horizon - pd.Timedelta("20D")).sum()
+    client.close()
+
+
+def test_backfill_fills_the_state_and_live_transactions_then_write_exact_values(
+    stream_settings: StreamSettings,
+) -> None:
+    """The batch pipeline's recent history arrives as backfill: it builds each entity's state without writing
+    online values (the pipeline wrote those from all history); the live transactions after it do."""
+    frame = history(seed=8)
+    cut = frame["event_timestamp"].iloc[2_000]
+    past, live = frame[frame["event_timestamp"] < cut], frame[frame["event_timestamp"] >= cut]
+    recent = past[past["event_timestamp"] > cut - pd.Timedelta("7D")]
+    publish_frame(stream_settings, recent, source="backfill")
+    publish_frame(stream_settings, live)
+    drain(stream_settings)
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    views = declared_windowed_views()
+    store = stream_settings.feature_store()
+    for view in views.values():
+        expected = expected_latest(frame, view)
+        live_keys = set(live[view.key])
+        names = [f.name for f in view.features]
+        online = (
+            store.get_online_features(
+                features=[f"{view.name}:{n}" for n in names],
+                entity_rows=[{view.key: int(k)} for k in expected.index],
+            )
+            .to_df()
+            .set_index(view.key)
+        )
+        for key in expected.index:
+            if key in live_keys:  # written by the processor, from backfilled state plus live events
+                assert online.loc[key, names].tolist() == expected.loc[key, names].tolist(), (view.name, key)
+            else:  # backfill alone writes nothing online
+                assert online.loc[key, names].isna().all(), (view.name, key)
     client.close()
 
 
