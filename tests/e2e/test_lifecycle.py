@@ -68,7 +68,7 @@ def test_step1_features_are_validated_and_materialized(demo: DemoRun) -> None:
     features = demo.summary["features"]
     assert features["transactions"] > 10_000
     assert features["customer_profile"] > 0 and features["merchant_profile"] > 0
-    # One Feast hash per customer and per merchant of the demo's project.
+    # One Feast hash per customer and per merchant of the demo's project (our stream and state keys aside).
     assert demo.redis_keys == features["customer_profile"] + features["merchant_profile"]
     assert any((demo.home / "data" / "offline" / "customer_activity").rglob("*.parquet"))
 
@@ -86,8 +86,33 @@ def test_step3_and_4_the_built_service_scored_the_stream(demo: DemoRun) -> None:
     traffic = demo.summary["traffic"]
     assert traffic["requests"] > 1_000 and traffic["p50_ms"] > 0
     predictions = pd.concat(pd.read_parquet(p) for p in (demo.home / "profiles").rglob("*.parquet"))
-    # Every request was logged exactly once by the service's background traffic log.
+    # Every decision reached the prediction log exactly once, through the stream and the traffic log.
     assert predictions["transaction_id"].is_unique and len(predictions) == traffic["requests"]
+    # And the raw zone, through the landing writer: the feature pipeline ingested them with their labels.
+    landed = pd.concat(
+        pd.read_parquet(p) for p in (demo.home / "data" / "raw" / "transactions").glob("stream-*.parquet")
+    )
+    assert set(landed["transaction_id"]) == set(predictions["transaction_id"])
+    assert any((demo.home / "data" / "validated" / "labels").rglob("*.parquet"))
+
+
+def test_step4_features_were_fresh_per_transaction(demo: DemoRun) -> None:
+    """Served decisions equal the same model's on point-in-time-fresh features: the window processor kept each
+    customer's and merchant's velocity current (only the daily merchant-risk snapshot may lag)."""
+    traffic = demo.summary["traffic"]
+    compared = traffic["served_vs_fresh"]
+    assert compared["decisions_agree"] >= 0.995, compared
+    assert (
+        abs(compared["served"]["pr_auc"] - compared["fresh"]["pr_auc"])
+        <= 0.02 * compared["fresh"]["pr_auc"] + 0.01
+    )
+    assert traffic["waves"] > 1 and 0 < traffic["freshness_p99_ms"] < 2_000
+    burst = traffic["burst"]
+    assert len(burst) >= 3 and all(row["txn_count_1h"] is not None for row in burst)
+    counts = [row["txn_count_1h"] for row in burst if row["is_fraud"]]
+    assert counts == sorted(counts) and counts[-1] > counts[0], (
+        "a burst's velocity rises transaction by transaction"
+    )
 
 
 def test_step5_drift_is_detected_and_reported(demo: DemoRun) -> None:
