@@ -179,7 +179,13 @@ class Steps:
         for logger in logging.Logger.manager.loggerDict.values():
             for h in getattr(logger, "handlers", []):
                 stream = isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                if stream and h.stream in terminal:
+                # A handler whose stream is a property (logging.lastResort's: sys.stderr at each call, which
+                # the redirect below already sends to the log) cannot be pointed elsewhere, nor needs to be.
+                if (
+                    stream
+                    and not isinstance(getattr(type(h), "stream", None), property)
+                    and h.stream in terminal
+                ):
                     previous = h.setStream(self.log)
                     self._exit.callback(h.setStream, previous)
 

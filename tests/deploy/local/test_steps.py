@@ -97,3 +97,16 @@ def test_a_clean_exit_is_not_a_failure(tmp_path: Path, capsys: pytest.CaptureFix
         raise SystemExit(0)
     assert exited.value.code == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_handler_whose_stream_cannot_be_set_is_left_alone(tmp_path: Path) -> None:
+    """Some library hangs logging.lastResort on its logger: its stream is a property of sys.stderr."""
+    library = logging.getLogger("some.library")
+    library.addHandler(logging.lastResort)
+    try:
+        with Steps(1, tmp_path / "demo.log") as steps:
+            steps.step("one")
+            library.warning("through lastResort")
+        assert "through lastResort" in (tmp_path / "demo.log").read_text()
+    finally:
+        library.removeHandler(logging.lastResort)
