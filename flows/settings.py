@@ -16,4 +16,6 @@ class FlowSettings(Settings):
     )
 
 
-get_flow_settings = cached_settings(FlowSettings)
+@cached_settings
+def get_flow_settings() -> FlowSettings:
+    return FlowSettings()

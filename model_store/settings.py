@@ -145,9 +145,10 @@ _CACHED: list = []
 S = TypeVar("S", bound="Settings")
 
 
-def cached_settings(make: type[S]) -> Callable[[], S]:
-    """A deployable's ``get_*_settings()``: built once per process from the environment (see ``clear_settings``)."""
-    getter = cache(make)
+def cached_settings(read: Callable[[], S]) -> Callable[[], S]:
+    """Decorates a deployable's ``get_*_settings()``: read once per process from the environment (see
+    ``clear_settings``). A function of its own name, so Dask and pickle find it by reference."""
+    getter = cache(read)
     _CACHED.append(getter)
     return getter
 
@@ -158,7 +159,9 @@ def clear_settings() -> None:
         getter.cache_clear()
 
 
-get_settings = cached_settings(Settings)
+@cached_settings
+def get_settings() -> Settings:
+    return Settings()
 
 
 if __name__ == "__main__":

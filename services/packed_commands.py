@@ -8,7 +8,8 @@ replies unread is dropped, never returned to the pool in that state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -36,9 +37,21 @@ async def send(pool: ConnectionPool, commands: Sequence[Command | bytes], retry:
         return await _send_once(pool, packed)  # on a fresh connection
 
 
-async def _send_once(pool: ConnectionPool, packed: list[bytes]) -> list[Any]:
+@asynccontextmanager
+async def _connection(pool: ConnectionPool) -> AsyncIterator[Any]:
+    """A pooled connection, dropped rather than returned when anything failed (replies may be unread)."""
     connection = await pool.get_connection()
     try:
+        yield connection
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
+
+
+async def _send_once(pool: ConnectionPool, packed: list[bytes]) -> list[Any]:
+    async with _connection(pool) as connection:
         await connection.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
         error: ResponseError | None = None
@@ -51,11 +64,6 @@ async def _send_once(pool: ConnectionPool, packed: list[bytes]) -> list[Any]:
         if error is not None:
             raise error
         return replies
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
 
 
 class TransactionAborted(RuntimeError):
@@ -69,8 +77,7 @@ async def send_transaction(
 
     ``watch`` = (key, value): the key is watched and must hold the value, else ``TransactionAborted``.
     """
-    connection = await pool.get_connection()
-    try:
+    async with _connection(pool) as connection:
         if watch is not None:
             key, expected = watch
             await connection.send_packed_command(
@@ -102,8 +109,3 @@ async def send_transaction(
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)

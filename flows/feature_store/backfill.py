@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from model_store.settings import Settings
-from services.scorer.transaction import Transaction
+from services.stream.events import transactions_of
 from services.stream.landing import PREFIX as STREAM_BATCH_PREFIX
 from services.stream.publish import publish
 
@@ -36,20 +36,7 @@ def publish_backfill(settings: Settings, transactions: pd.DataFrame) -> int:
     """Publish validated transactions to the transactions stream as ``backfill``; returns how many."""
     import redis
 
-    rows = transactions.sort_values("event_timestamp", kind="stable")
-    events = (
-        Transaction.model_validate(
-            {
-                "transaction_id": r.transaction_id,
-                "customer_id": int(r.customer_id),
-                "merchant_id": int(r.merchant_id),
-                "amount": float(r.amount),
-                "timestamp": r.event_timestamp,
-                "channel": r.channel,
-            }
-        )
-        for r in rows.itertuples(index=False)
-    )
+    events = transactions_of(transactions.sort_values("event_timestamp", kind="stable"))
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     try:
         return publish(client, settings.stream("transactions"), events, SOURCE, settings.stream_max_length)

@@ -19,4 +19,6 @@ class ServiceSettings(Settings):
     )
 
 
-get_service_settings = cached_settings(ServiceSettings)
+@cached_settings
+def get_service_settings() -> ServiceSettings:
+    return ServiceSettings()

@@ -3,7 +3,13 @@ entries only once their file exists, and after a crash skips the entries a writt
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.stream.consumer import Entry
 
 
 def entry_order(entry_id: bytes | str) -> tuple[int, int]:
@@ -31,3 +37,36 @@ def covered(names: Iterable[str], entry_id: bytes, prefix: str = "") -> bool:
         if last and entry_order(first) <= order <= entry_order(last):
             return True
     return False
+
+
+class EntryFileWriter:
+    """A consumer that turns stream entries into files: it holds entries until ``write`` has put them in a file,
+    every ``flush_seconds`` or ``flush_rows``, and acknowledges them only then. Subclasses hold the rows and
+    write them (``buffered``, ``write``)."""
+
+    def __init__(self, flush_seconds: float, flush_rows: int) -> None:
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self.written_rows = 0
+        self._since = time.monotonic()
+
+    @property
+    def buffered(self) -> int:
+        raise NotImplementedError
+
+    def write(self) -> list[Entry]:
+        """Write what is held; returns the entries now safe to acknowledge (none when the write failed)."""
+        raise NotImplementedError
+
+    def due(self) -> bool:
+        held = self.buffered
+        return held >= self.flush_rows or (held > 0 and time.monotonic() - self._since >= self.flush_seconds)
+
+    async def write_if_due(self) -> list[Entry]:
+        """``flush`` when a write is due (the consumer asks while the stream is quiet too)."""
+        return await self.flush() if self.due() else []
+
+    async def flush(self) -> list[Entry]:
+        """Write everything held (off the event loop); returns the entries written."""
+        self._since = time.monotonic()
+        return await asyncio.to_thread(self.write)

@@ -19,7 +19,7 @@ Stream entry ids (``<milliseconds>-<sequence>``) are Redis's clock at publicatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -147,3 +147,19 @@ def raw_row(transaction: Transaction) -> dict[str, Any]:
         "amount": transaction.amount,
         "channel": transaction.channel,
     }
+
+
+def transactions_of(frame: Any) -> Iterator[Transaction]:
+    """Rows of the raw schema (a DataFrame of validated transactions) as transactions, validated as ``POST
+    /score`` validates a request."""
+    for row in frame.itertuples(index=False):
+        yield Transaction.model_validate(
+            {
+                "transaction_id": row.transaction_id,
+                "customer_id": int(row.customer_id),
+                "merchant_id": int(row.merchant_id),
+                "amount": float(row.amount),
+                "timestamp": row.event_timestamp,
+                "channel": row.channel,
+            }
+        )

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_store.atomic_files import write_atomically
 from services.stream.consumer import Effects, Entry
-from services.stream.entry_files import covered, range_name
+from services.stream.entry_files import EntryFileWriter, covered, range_name
 from services.stream.events import MalformedEvent, decode, raw_row
 from services.stream.runner import Role, main
 
@@ -37,17 +36,14 @@ PREFIX = "stream-"
 NOT_LANDED = frozenset({"backfill"})
 
 
-class LandingWriter:
+class LandingWriter(EntryFileWriter):
     """Transactions in, raw Parquet files out (see the module docstring)."""
 
     def __init__(self, transactions_dir: Path, flush_seconds: float, flush_rows: int = 50_000) -> None:
+        super().__init__(flush_seconds, flush_rows)
         self.transactions_dir = Path(transactions_dir)
-        self.flush_seconds = flush_seconds
-        self.flush_rows = flush_rows
-        self.written_rows = 0
         self._rows: list[dict[str, Any]] = []
         self._entries: list[Entry] = []
-        self._since = time.monotonic()
         self._names: list[str] | None = None
 
     @property
@@ -67,25 +63,11 @@ class LandingWriter:
                 continue
             self._rows.append(raw_row(event.transaction))
             self._entries.append(entry)
-        if self._due():
-            effects.ack.extend(await asyncio.to_thread(self.write))
+        effects.ack.extend(await self.write_if_due())
         return effects
-
-    def _due(self) -> bool:
-        return len(self._rows) >= self.flush_rows or (
-            bool(self._rows) and time.monotonic() - self._since >= self.flush_seconds
-        )
-
-    async def flush_due(self) -> list[Entry]:
-        """Write what is held if it is due (called while the stream is idle); returns the entries written."""
-        return await self.flush() if self._due() else []
-
-    async def flush(self) -> list[Entry]:
-        return await asyncio.to_thread(self.write)
 
     def write(self) -> list[Entry]:
         """Write what is held as one raw file; returns the entries now safe to acknowledge (none if it failed)."""
-        self._since = time.monotonic()
         if not self._rows:
             return []
         import pandas as pd
@@ -127,7 +109,7 @@ async def landing_role(settings: StreamSettings, client: Redis, stopping: asynci
         group=GROUP,
         streams=[settings.stream("transactions")],
         handler=writer.handle,
-        flush_due=writer.flush_due,
+        flush_due=writer.write_if_due,
         flush=writer.flush,
     )
 

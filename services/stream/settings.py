@@ -42,4 +42,6 @@ class StreamSettings(Settings):
     )
 
 
-get_stream_settings = cached_settings(StreamSettings)
+@cached_settings
+def get_stream_settings() -> StreamSettings:
+    return StreamSettings()

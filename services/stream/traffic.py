@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from model_store.profiles import PREDICTION_COLUMNS, ProfileStore, hour_floor
 from services.stream.consumer import Effects, Entry
-from services.stream.entry_files import covered, range_name
+from services.stream.entry_files import EntryFileWriter, covered, range_name
 from services.stream.events import MalformedEvent, decode
 from services.stream.runner import Role, main
 
@@ -45,17 +44,14 @@ class _Hour:
     entries: list[Entry] = field(default_factory=list)
 
 
-class TrafficRecorder:
+class TrafficRecorder(EntryFileWriter):
     """Decided events in, hourly profiles and prediction logs out (see the module docstring)."""
 
     def __init__(self, store: ProfileStore, flush_seconds: float, flush_rows: int = 50_000) -> None:
+        super().__init__(flush_seconds, flush_rows)
         self.store = store
-        self.flush_seconds = flush_seconds
-        self.flush_rows = flush_rows
-        self.written_rows = 0
         self._hours: dict[datetime, _Hour] = {}
         self._buffered = 0
-        self._since = time.monotonic()
         self._written: dict[datetime, list[str]] = {}
 
     @property
@@ -88,29 +84,14 @@ class TrafficRecorder:
             held.rows.append(row)
             held.entries.append(entry)
             self._buffered += 1
-        if self._due():
-            effects.ack.extend(await asyncio.to_thread(self.write))
+        effects.ack.extend(await self.write_if_due())
         return effects
-
-    async def flush_due(self) -> list[Entry]:
-        """Write what is held if it is due (called while the stream is idle); returns the entries written."""
-        return await self.flush() if self._due() else []
-
-    async def flush(self) -> list[Entry]:
-        """Write everything held (at shutdown); returns the entries written."""
-        return await asyncio.to_thread(self.write)
-
-    def _due(self) -> bool:
-        return self._buffered >= self.flush_rows or (
-            self._buffered > 0 and time.monotonic() - self._since >= self.flush_seconds
-        )
 
     def write(self) -> list[Entry]:
         """Write each held hour's profile, then its prediction log; returns the entries now safe to acknowledge.
 
         A failed write (a full disk, say) keeps its rows for the next attempt and is logged with the path.
         """
-        self._since = time.monotonic()
         done: list[Entry] = []
         for hour in sorted(self._hours):
             held = self._hours[hour]
@@ -174,7 +155,7 @@ async def traffic_role(settings: StreamSettings, client: Redis, stopping: asynci
         group=GROUP,
         streams=[settings.stream("transactions")],
         handler=recorder.handle,
-        flush_due=recorder.flush_due,
+        flush_due=recorder.write_if_due,
         flush=recorder.flush,
     )
 

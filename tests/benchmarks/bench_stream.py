@@ -97,22 +97,10 @@ def history(n: int) -> Any:
 def publish_frame(url: str, stream: str, frame: Any) -> float:
     import redis
 
-    from services.scorer.transaction import Transaction
+    from services.stream.events import transactions_of
     from services.stream.publish import publish
 
-    events = [
-        Transaction.model_validate(
-            {
-                "transaction_id": r.transaction_id,
-                "customer_id": int(r.customer_id),
-                "merchant_id": int(r.merchant_id),
-                "amount": float(r.amount),
-                "timestamp": r.event_timestamp,
-                "channel": r.channel,
-            }
-        )
-        for r in frame.itertuples(index=False)
-    ]
+    events = list(transactions_of(frame))
     client = redis.Redis.from_url(url)
     started = time.perf_counter()
     publish(client, stream, events, "upstream", 10_000_000)

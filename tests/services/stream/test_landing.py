@@ -74,7 +74,7 @@ def test_held_transactions_are_written_when_due_even_if_the_stream_goes_quiet(tm
     writer = LandingWriter(tmp_path, flush_seconds=0.2)
     effects = asyncio.run(writer.handle([entry(0), entry(1)]))
     assert effects.ack == [] and writer.buffered == 2
-    assert asyncio.run(writer.flush_due()) == []  # not due yet
+    assert asyncio.run(writer.write_if_due()) == []  # not due yet
     time.sleep(0.25)
-    assert [e.id for e in asyncio.run(writer.flush_due())] == [b"500-0", b"501-0"]
+    assert [e.id for e in asyncio.run(writer.write_if_due())] == [b"500-0", b"501-0"]
     assert writer.buffered == 0 and len(list(tmp_path.glob("*.parquet"))) == 1

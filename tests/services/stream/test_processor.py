@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from model_store.settings import REPO_ROOT, clear_settings, get_settings
-from services.scorer.transaction import Transaction
 from services.stream.consumer import GroupConsumer
+from services.stream.events import transactions_of
 from services.stream.processor import GROUP, WindowProcessor, WindowState, open_layouts
 from services.stream.publish import publish, xadd
 from services.stream.settings import StreamSettings, get_stream_settings
@@ -82,28 +82,12 @@ def history(n: int = 3_000, seed: int = 1) -> pd.DataFrame:
     return data.transactions.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
 
 
-def as_transactions(frame: pd.DataFrame) -> list[Transaction]:
-    return [
-        Transaction.model_validate(
-            {
-                "transaction_id": r.transaction_id,
-                "customer_id": int(r.customer_id),
-                "merchant_id": int(r.merchant_id),
-                "amount": float(r.amount),
-                "timestamp": r.event_timestamp.isoformat(),
-                "channel": r.channel,
-            }
-        )
-        for r in frame.itertuples()
-    ]
-
-
 def publish_frame(
     settings: StreamSettings, frame: pd.DataFrame, url: str | None = None, source: str = "upstream"
 ) -> int:
     client = redis.Redis.from_url(url or settings.redis_url)
     try:
-        return publish(client, settings.stream("transactions"), as_transactions(frame), source, 10_000_000)
+        return publish(client, settings.stream("transactions"), transactions_of(frame), source, 10_000_000)
     finally:
         client.close()
 
