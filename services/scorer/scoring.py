@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from model_store.scorer import MISSING_CATEGORY
 from services.scorer import transaction
 from services.scorer.online_features import OnlineStoreUnavailable
 from services.stream.events import decision_json, encode, transaction_json
@@ -44,7 +45,7 @@ class ScoreResult(BaseModel):
     model_version: str
     missing_features: list[str] = Field(
         description="Model features the online store had no value for; the model's defaults were used "
-        "(NaN for numbers, '__missing__' for categories)."
+        f"(NaN for numbers, {MISSING_CATEGORY!r} for categories)."
     )
     stale_features: list[str] = Field(description="Model features older than their feature view's TTL.")
     unknown_entities: list[str] = Field(
