@@ -18,12 +18,12 @@ from pathlib import Path
 
 import httpx
 
+from flows.deployments import WORK_POOL
 from model_store.database_templates import prepare_template, seed_from_template
 from model_store.settings import CACHE_DIR, REPO_ROOT
 from model_store.tracking import mlflow_database_template, prepare_mlflow_database
 
 BIN = Path(sys.executable).parent
-WORK_POOL = "local-process"
 # Variables that point a process at stores or a Prefect API; servers start without the caller's.
 LOCATION_PREFIXES = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
 
