@@ -21,9 +21,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from flows.deployments import TRAINING_PIPELINE
-from flows.monitoring.drift import SCORE_COLUMN, DriftResult
+from flows.monitoring.drift import DriftResult
 from flows.monitoring.performance import PerformanceResult
 from model_store.atomic_files import write_atomically
+from model_store.profiles import SCORE_COLUMN
 
 logger = logging.getLogger(__name__)
 
