@@ -37,13 +37,12 @@ from starlette.routing import Route
 
 from model_store import libraries
 from services.scorer.online_features import OnlineStoreUnavailable
-from services.scorer.openapi import ApiDescription, ApiDocsMiddleware, ErrorCase, Operation
+from services.scorer.openapi import JSON, ApiDescription, ApiDocsMiddleware, ErrorCase, Operation
 from services.scorer.settings import get_service_settings
 from services.scorer.transaction import BATCH_TOO_LARGE, Transaction, TransactionBatch
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 # Bodies beyond these sizes are refused before they are read into memory.
 MAX_SCORE_BYTES = 64 * 1024
 MAX_BYTES_PER_TRANSACTION = 1024
