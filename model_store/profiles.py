@@ -49,7 +49,7 @@ def profile_schema() -> Any:
     """whylogs' standard schema without the one metric it builds for every string column and then discards.
 
     whylogs 1.6 constructs a unicode-range metric per string column to read its name, then leaves it out
-    because unicode ranges are not tracked by default: 15 ms of a 30 ms hourly profile of the model's input.
+    because unicode ranges are not tracked by default: a large share of an hourly profile of the model's input.
     The profile's metrics are the same. A new schema each time: whylogs adds each profiled column to it.
     """
     from whylogs.core.metrics import StandardMetric

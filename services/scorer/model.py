@@ -3,8 +3,9 @@
 ``save_bento_model`` (called by the ``build_service`` flow) stores the champion's CatBoost model in its native
 ``.cbm`` format (never a pickle) with the model contract and registry identity as metadata;
 ``load_serving_model`` reads it back from the bento being served, or from ``settings.bentoml_home`` in
-development. Scoring feeds CatBoost a ``FeaturesData`` with one thread: 0.12 ms for one row and 0.5 ms for a
-thousand, against 0.3 ms and 1 ms for a DataFrame. Missing values get the defaults the model was trained with
+development. Scoring feeds CatBoost plain rows or a ``FeaturesData`` with one thread, never a DataFrame,
+whose conversion costs more than the model (figures: docs/architecture.md, "Why it is built this way").
+Missing values get the defaults the model was trained with
 (``model_store.scorer``: NaN for numbers, ``MISSING_CATEGORY`` for categories), through the functions
 ``prepare_features`` uses for training and offline scoring.
 """
@@ -64,9 +65,8 @@ class ServingModel:
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         """Fraud probability per row; ``None`` values get the training defaults (``model_store.scorer``).
 
-        A few rows go to CatBoost as a ``Pool`` of rows in the model's column order (0.11 ms for one row
-        here, where a ``FeaturesData`` with named columns costs 0.18 ms and a bare list 0.14 ms); more go as
-        one ``FeaturesData`` (about 1 us per row).
+        A few rows go to CatBoost as a ``Pool`` of rows in the model's column order, the cheapest form for
+        one row; more go as one ``FeaturesData``, whose fixed cost of naming columns is then spread over them.
         """
         from catboost import Pool
 

@@ -188,7 +188,7 @@ class CoalescingScorer:
     A lone request is scored at once (no added wait, unlike a batching window); under load, the requests that
     arrive during one Redis round trip share the next one, and one CatBoost call. The fixed costs (a round
     trip, a CatBoost pool) are then paid per batch instead of per request. BentoML's adaptive batching would
-    do the same but needs ``@bentoml.api`` endpoints, which cost ~1 ms per request here.
+    do the same but needs ``@bentoml.api`` endpoints, whose per-request cost the service avoids.
     """
 
     def __init__(self, scoring: OnlineScoring, max_rows: int = 64) -> None:

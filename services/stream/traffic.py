@@ -153,7 +153,7 @@ class TrafficRecorder:
 async def traffic_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
     from model_store import libraries
 
-    libraries.whylogs.apply_patches()  # imports whylogs: 1-2 s, paid at start rather than at the first write
+    libraries.whylogs.apply_patches()  # imports whylogs: slow, paid at start rather than at the first write
 
     recorder = TrafficRecorder(
         ProfileStore(settings.profile_store, settings.model_name), settings.traffic_flush_seconds
