@@ -195,8 +195,7 @@ class WeightedRanking:
     """Scores sorted once, so the average precision of many weightings (bootstrap resamples) is cheap.
 
     Same definition as scikit-learn's ``average_precision_score`` with ``sample_weight`` (tied scores form
-    one threshold), which costs a sort and input validation per call: 200 resamples of a week of traffic
-    would take seconds instead of milliseconds.
+    one threshold), which costs a sort and input validation per call, too slow for hundreds of resamples.
     """
 
     def __init__(self, y: np.ndarray, scores: np.ndarray) -> None:

@@ -178,7 +178,7 @@ def log_model(model: Any, contract: ModelContract, example: pd.DataFrame) -> str
         signature=infer_signature(example, scores),
         input_example=example,
         metadata=contract.model_dump(),
-        # Listing requirements skips MLflow's ~5 s inference subprocess.
+        # Listing requirements skips MLflow's slow inference subprocess.
         pip_requirements=[
             f"catboost=={catboost.__version__}",
             f"mlflow=={mlflow.__version__}",
