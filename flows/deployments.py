@@ -21,7 +21,7 @@ WORK_POOL = "local-process"
 
 
 def declared_deployments(prefect_yaml: Path | None = None) -> dict[str, dict[str, Any]]:
-    """prefect.yaml's deployments by ``flow_name/deployment-name`` (the flow name: the entrypoint's function)."""
+    """prefect.yaml's deployments by ``flow_name/deployment-name`` (flow name: the entrypoint's function)."""
     import yaml
 
     from model_store.settings import REPO_ROOT

@@ -69,8 +69,9 @@ def prepare_features(
 ) -> pd.DataFrame:
     """The model's input from a frame of features: its columns in order, categories as text, the rest float64.
 
-    A missing value (null or NaN) becomes the feature's ``missing_value``. Extra columns are dropped; a missing column or a non-numeric value in a numeric feature is refused with the
-    column named, because a silently wrong input gives a confident wrong score.
+    A missing value (null or NaN) becomes the feature's ``missing_value``. Extra columns are dropped; a
+    missing column or a non-numeric value in a numeric feature is refused with the column named, because a
+    silently wrong input gives a confident wrong score.
     """
     missing = [name for name in features if name not in frame.columns]
     if missing:

@@ -5,9 +5,9 @@
 ``load_serving_model`` reads it back from the bento being served, or from ``settings.bentoml_home`` in
 development. Scoring feeds CatBoost plain rows or a ``FeaturesData`` with one thread, never a DataFrame,
 whose conversion costs more than the model (figures: docs/architecture.md, "Why it is built this way").
-Missing values get the defaults the model was trained with
-(``model_store.scorer``: NaN for numbers, ``MISSING_CATEGORY`` for categories), through the functions
-``prepare_features`` uses for training and offline scoring.
+Missing values get the defaults the model was trained with (``model_store.scorer``: NaN for numbers,
+``MISSING_CATEGORY`` for categories), through the functions ``prepare_features`` uses for training and
+offline scoring.
 """
 
 from __future__ import annotations

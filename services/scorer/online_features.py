@@ -1,11 +1,11 @@
 """Online features of a request, exactly as Feast's ``get_online_features`` returns them, in one Redis round trip.
 
 Feast's SDK path spends many times the Redis round trip in Python per call (request and response protobufs,
-registry lookups, ``to_dict``; figures: docs/architecture.md, "Why it is built this way"). ``RedisFeatureReader`` keeps Feast's semantics and format and drops
-the glue: the read plan (which views, which features, which on-demand views) is resolved once by Feast's own
-planner; keys, field names and values go through Feast's own functions (its key serialization and the Redis
-store's field names, reached through ``model_store.libraries.feast``, then ``ValueProto`` and
-``feast_value_type_to_python_type``); both entities
+registry lookups, ``to_dict``; figures: docs/architecture.md, "Why it is built this way").
+``RedisFeatureReader`` keeps Feast's semantics and format and drops the glue: the read plan (which views,
+which features, which on-demand views) is resolved once by Feast's own planner; keys, field names and values
+go through Feast's own functions (its key serialization and the Redis store's field names, reached through
+``model_store.libraries.feast``, then ``ValueProto`` and ``feast_value_type_to_python_type``); both entities
 are read with one pipelined ``HMGET`` each; the on-demand view's own transformation runs on the result.
 ``SdkFeatureReader`` is the plain path, used for the SQLite fallback and anything the fast path does not
 cover. A parity test holds both to ``FeatureStore.get_online_features(features=feature_service, ...)``.
@@ -220,9 +220,9 @@ MEMO_LIMIT = 20_000
 def _column_decoder(value_type: ValueType) -> Callable[[Sequence[bytes | None]], list[Any]]:
     """Stored values of one feature (None or empty where absent) to the column ``get_online_features`` gives.
 
-    Parsing a ``ValueProto`` per value is the largest share of a batch read. Doubles
-    and floats decode as one numpy buffer; other types keep a bounded memo of decoded values, which serves
-    counts, categories and flags (few distinct values) from a dict.
+    Parsing a ``ValueProto`` per value is the largest share of a batch read. Doubles and floats decode as one
+    numpy buffer; other types keep a bounded memo of decoded values, which serves counts, categories and flags
+    (few distinct values) from a dict.
     """
     import numpy as np
     from feast.type_map import python_values_to_proto_values
