@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from flows.training.dataset import entity_frame, read_feature_spec, retrieve_features
 from model_store import libraries
 from model_store.atomic_files import write_atomically
-from model_store.profiles import PREDICTION_COLUMNS
+from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN
 from model_store.registry import CHAMPION, load_scorer
 from model_store.scorer import Scorer
 from model_store.settings import Settings, get_settings
@@ -71,7 +71,7 @@ def score_transactions(transactions: pd.DataFrame, scorer: Scorer, store: Any) -
         {
             "transaction_id": frame["transaction_id"].to_numpy(),
             "event_timestamp": frame["event_timestamp"].to_numpy(),
-            "score": scores,
+            SCORE_COLUMN: scores,
             "decision": scorer.decide(scores),
             "model_version": scorer.version,
         }

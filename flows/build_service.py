@@ -36,8 +36,8 @@ class BuildServiceParams(BaseModel):
     model: str = Field("champion", description="An alias of the registered model, or a version number.")
     lock_packages: bool = Field(
         True,
-        description="Lock every package, dependencies included, against the package index (~4 s). Off, the"
-        " bento lists the service's packages pinned to the installed versions only.",
+        description="Lock every package, dependencies included, against the package index (a few seconds"
+        " more). Off, the bento lists the service's packages pinned to the installed versions only.",
     )
 
 

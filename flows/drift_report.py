@@ -36,7 +36,7 @@ from flows.monitoring.triggers import AlertLedger, TriggerSettings, collect_aler
 from flows.monitoring.whylogs_backend import WhylogsBackend
 from flows.settings import get_flow_settings
 from model_store import libraries
-from model_store.profiles import ProfileStore, window_bounds
+from model_store.profiles import SCORE_COLUMN, ProfileStore, window_bounds
 from model_store.settings import get_settings
 
 LEDGER_NAME = "alerts.json"
@@ -78,7 +78,7 @@ def judge_drift(
     reference = load_reference(model)
     current = ProfileStore(settings.profile_store, settings.model_name).read_window(*window)
     result = detect_drift(backend, reference, current, window, thresholds)
-    shown = [v.column for v in result.verdicts if v.drifted or v.column == "score"]
+    shown = [v.column for v in result.verdicts if v.drifted or v.column == SCORE_COLUMN]
     distributions = [
         d for c in shown if current is not None and (d := backend.distribution(reference, current, c))
     ]

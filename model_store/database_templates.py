@@ -1,7 +1,8 @@
 """Empty, migrated databases made once per library version, which new local stores start from as copies.
 
-A new Prefect database migrates in ~8 s, a new MLflow store in ~1.5 s; every demo and every test's temporary
-home paid that. ``make databases`` prepares them under ``CACHE_DIR``, as it compiles the bytecode.
+Migrating a new Prefect database or MLflow store takes most of a local server's start, which every demo and
+every test's temporary home would pay (figures: docs/architecture.md, "Why it is built this way").
+``make databases`` prepares them under ``CACHE_DIR``, as it compiles the bytecode.
 """
 
 from __future__ import annotations

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import DTypeLike
 from pydantic import BaseModel, Field, model_validator
 
-# CatBoost refuses null categories; training and serving must spell "unknown" the same way.
+# What the model reads for a missing feature, offline (``prepare_features``) and in the service
+# (``services/scorer/model.py``) alike. CatBoost refuses null categories, so "unknown" is spelled out; a
+# missing number is NaN, which CatBoost handles natively.
 MISSING_CATEGORY = "__missing__"
+MISSING_NUMBER = float("nan")
 
 
 class ModelContract(BaseModel):
@@ -31,13 +35,43 @@ class ModelContract(BaseModel):
         return self
 
 
+def missing_value(categorical: bool) -> str | float:
+    """The value the model reads for a missing feature: ``MISSING_CATEGORY`` or ``MISSING_NUMBER`` (NaN)."""
+    return MISSING_CATEGORY if categorical else MISSING_NUMBER
+
+
+def category_values(values: Iterable[Any]) -> list[str]:
+    """A categorical feature as the model reads it: text, ``MISSING_CATEGORY`` where a value is ``None``."""
+    return [MISSING_CATEGORY if v is None else str(v) for v in values]
+
+
+def number_values(values: Sequence[Any], dtype: DTypeLike = np.float64) -> np.ndarray:
+    """Numeric features as the model reads them: floats, ``MISSING_NUMBER`` (NaN) where a value is ``None``.
+
+    A sequence of columns gives a 2-D array, one row per column.
+    """
+    return np.array(values, dtype=dtype)
+
+
+def row_layout(
+    features: Sequence[str], categorical_features: Sequence[str]
+) -> list[tuple[str, str | float, bool]]:
+    """Per feature, in the order given: its name, its value when missing, and whether the model reads it as text.
+
+    Resolved once per model, so scoring a row applies the defaults without looking anything up.
+    """
+    categorical = set(categorical_features)
+    return [(name, missing_value(name in categorical), name in categorical) for name in features]
+
+
 def prepare_features(
     frame: pd.DataFrame, features: Sequence[str], categorical_features: Sequence[str]
 ) -> pd.DataFrame:
     """The model's input from a frame of features: its columns in order, categories as text, the rest float64.
 
-    Extra columns are dropped; a missing column or a non-numeric value in a numeric feature is refused with the
-    column named, because a silently wrong input gives a confident wrong score.
+    A missing value (null or NaN) becomes the feature's ``missing_value``. Extra columns are dropped; a
+    missing column or a non-numeric value in a numeric feature is refused with the column named, because a
+    silently wrong input gives a confident wrong score.
     """
     missing = [name for name in features if name not in frame.columns]
     if missing:
@@ -47,11 +81,11 @@ def prepare_features(
     for name in features:
         column = frame[name]
         if name in categorical:
-            text = column.astype(object).where(column.notna(), MISSING_CATEGORY)
-            columns[name] = text.astype(str).to_numpy()
+            present = column.astype(object).where(column.notna(), None)
+            columns[name] = np.array(category_values(present.tolist()), dtype=object)
         else:
             try:
-                columns[name] = pd.to_numeric(column, errors="raise").astype("float64").to_numpy()
+                columns[name] = number_values(pd.to_numeric(column, errors="raise"))
             except (TypeError, ValueError) as error:
                 raise ValueError(f"feature column {name!r} must be numeric: {error}") from error
     return pd.DataFrame(columns, index=frame.index)

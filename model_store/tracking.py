@@ -48,7 +48,7 @@ def mlflow_database_template() -> Path:
 def prepare_mlflow_database() -> Path:
     """Create an empty SQLite store once per MLflow version; new local stores start from a copy.
 
-    A new store runs MLflow's migrations: 1.5 s of the 2.4 s its first client call took here.
+    A new store runs MLflow's migrations, most of its first client call's time.
     """
 
     def create(folder: Path) -> Path:

@@ -1,9 +1,9 @@
 """Redis commands packed by hiredis and sent in one write on a pooled asyncio connection.
 
 redis-py's pipeline object packs each command in Python and keeps per-command bookkeeping and response
-callbacks: ~10 us per command, a third of a 1,000-row feature read and most of a stream commit. hiredis packs
-in C and the replies are read straight off the connection. A connection that failed or was cancelled with
-replies unread is dropped, never returned to the pool in that state.
+callbacks, a large share of a batch feature read and of a stream commit (figures: docs/architecture.md, "Why
+it is built this way"). hiredis packs in C and the replies are read straight off the connection. A connection
+that failed or was cancelled with replies unread is dropped, never returned to the pool in that state.
 """
 
 from __future__ import annotations

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import httpx
 
+from flows.deployments import WORK_POOL
 from model_store.database_templates import prepare_template, seed_from_template
 from model_store.settings import CACHE_DIR, REPO_ROOT
 from model_store.tracking import mlflow_database_template, prepare_mlflow_database
 
 BIN = Path(sys.executable).parent
-WORK_POOL = "local-process"
 # Variables that point a process at stores or a Prefect API; servers start without the caller's.
 LOCATION_PREFIXES = ("PREFECT_", "RTML_", "MLFLOW_", "BENTOML_HOME", "FEAST_")
 
@@ -122,8 +122,7 @@ def prefect_database_template() -> Path:
 def prepare_prefect_database() -> Path:
     """Migrate an empty Prefect database once per Prefect version; servers on a new home start from a copy.
 
-    A server on an empty home runs Prefect's migrations first: ~8 s of a 13 s start here, against 6 s from
-    the copy.
+    A server on an empty home runs Prefect's migrations first, more than half of its start.
     """
 
     def create(home: Path) -> Path:
@@ -213,7 +212,7 @@ def prefect_worker(
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_WEBSERVER_PORT": str(port),
         # A triggered run starts within 5 s rather than Prefect's default 10 s. Not faster: every poll is a
-        # write, and a server on SQLite once stalled for 60 s on a locked database polled every 2 s.
+        # write, and SQLite locks up under frequent polls (docs/deployment.md, Production configuration).
         "PREFECT_WORKER_QUERY_SECONDS": "5",
     }
     health = f"http://127.0.0.1:{port}/health"

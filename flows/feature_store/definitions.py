@@ -18,7 +18,7 @@ _APPLYING = threading.Lock()
 def apply_definitions(settings: Settings) -> str | None:
     """`feast apply`, as a Feast user runs it, when the definitions or their configuration changed.
 
-    Feast's apply is idempotent but costs ~6 s (it imports the repository in a fresh interpreter), so a
+    Feast's apply is idempotent but slow (it imports the repository in a fresh interpreter), so a
     fingerprint of what it reads is kept beside the registry and an unchanged repository is not applied again.
     It needs no data: every field is declared. Returns Feast's last lines of output, ``None`` when skipped.
     """

@@ -79,6 +79,12 @@ def parse_series(values: pd.Series, dtype: object) -> tuple[pd.Series, pd.Series
     return converted, present & converted.isna()
 
 
+def as_utc(value: pd.Timestamp | datetime | str) -> pd.Timestamp:
+    """One timestamp in UTC by the rule ``parse_timestamps`` applies to columns: naive means UTC."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def parse_timestamps(values: pd.Series, dtype: object) -> pd.Series:
     """Timestamps in ``dtype``'s unit; naive values are taken as UTC, aware ones converted to UTC."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):

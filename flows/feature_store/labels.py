@@ -21,6 +21,7 @@ import pandera.pandas as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flows.feature_store.ingestion import as_utc
 from flows.feature_store.offline_store import (
     partition_batch,
     partition_files,
@@ -152,7 +153,8 @@ def read_labels(
     when it landed first) is left out with a warning. ``since`` keeps transactions whose ``event_timestamp`` is at
     or after it; ``known_by`` keeps labels whose ``label_timestamp`` is at or before it.
     """
-    since, known_by = _utc(since), _utc(known_by)
+    since = None if since is None else as_utc(since)
+    known_by = None if known_by is None else as_utc(known_by)
     extra = [c for c in dict.fromkeys(columns) if c not in LABEL_COLUMNS]
     wanted = list(dict.fromkeys([*LABEL_COLUMNS, "event_timestamp", *extra]))
     table_dir = transactions_dir(validated_dir)
@@ -212,10 +214,3 @@ def _empty_labels(extra: list[str]) -> pd.DataFrame:
             **{c: pd.Series(dtype=object) for c in extra},
         }
     )
-
-
-def _utc(value: pd.Timestamp | datetime | None) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

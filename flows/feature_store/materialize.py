@@ -1,12 +1,12 @@
 """Materialization of new feature rows into the online store, fast on Redis, through Feast's own format.
 
 Feast's ``materialize`` converts every value from Arrow to protobuf and hashes every field name per value
-(8-14k rows/s here). This writer keeps Feast's layout exactly (its entity-key serialization, its murmur3
-field names, its ``ValueProto`` values and ``_ts`` timestamps, all through Feast's functions, reached through
-``model_store.libraries.feast``) but converts each column once per distinct value, hashes each field name
-once per view, and pipelines the writes (packed by hiredis, replies read off the connection). Other online stores go through
-``FeatureStore.write_to_online_store``. Either way the run is recorded in Feast's registry as a
-materialization interval, as ``feast materialize`` does.
+(figures: docs/architecture.md, "Why it is built this way"). This writer keeps Feast's layout exactly (its
+entity-key serialization, its murmur3 field names, its ``ValueProto`` values and ``_ts`` timestamps, all
+through Feast's functions, reached through ``model_store.libraries.feast``) but converts each column once per
+distinct value, hashes each field name once per view, and pipelines the writes (packed by hiredis, replies
+read off the connection). Other online stores go through ``FeatureStore.write_to_online_store``. Either way
+the run is recorded in Feast's registry as a materialization interval, as ``feast materialize`` does.
 """
 
 from __future__ import annotations
@@ -105,8 +105,7 @@ def _send_pipelined(client, commands: Iterable[tuple]) -> None:
     """Send commands in pipelined chunks on one of the client's pooled connections, checking every reply.
 
     hiredis packs each command; replies are read straight off the connection. redis-py's pipeline object
-    adds per-command bookkeeping and response callbacks that cost a third of the write (35k rows/s through
-    it against 51k this way, measured here for 113k 13-field hashes).
+    adds per-command bookkeeping and response callbacks that slow the write by a third.
     """
     if not isinstance(client, redis.Redis):
         # Redis Cluster: its pipeline routes each command to the node that owns the key's slot.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from flows.feature_store.ingestion import cast_column, missing_columns, parse_columns
+from flows.feature_store.ingestion import as_utc, cast_column, missing_columns, parse_columns
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def validate_batch(
         raise ValueError(f"validate_batch: {', '.join(unknown)} not a column of the {schema.name} schema")
     incoming = df.reset_index(drop=True)
     typed, unparsable = parse_columns(incoming, schema)
-    now = pd.Timestamp.now(tz="UTC") if now is None else _as_utc(pd.Timestamp(now))
+    now = pd.Timestamp.now(tz="UTC") if now is None else as_utc(now)
     checked = add_context_checks(
         schema,
         known_ids=known_ids,
@@ -319,10 +319,6 @@ def check_invalid_share(result: ValidationResult, max_fraction: float) -> None:
         f"({result.invalid_fraction:.2%}) failed validation, above max_invalid_fraction={max_fraction} "
         f"({max_fraction:.2%}). Top reasons: {top}."
     )
-
-
-def _as_utc(timestamp: pd.Timestamp) -> pd.Timestamp:
-    return timestamp.tz_localize("UTC") if timestamp.tzinfo is None else timestamp.tz_convert("UTC")
 
 
 def _duration(delta: pd.Timedelta) -> str:

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flows.feature_store.ingestion import as_utc
 from flows.fraud_data.schema import CARD_TYPES, CHANNELS, MAX_AMOUNT, MERCHANT_CATEGORIES, REGIONS
 from model_store.atomic_files import write_atomically
 from services.stream.windows import EventIndex
@@ -802,7 +803,7 @@ def config_from_args(args: argparse.Namespace) -> GeneratorConfig:
     drift = None
     if args.drift_start:
         drift = DriftSpec(
-            start=_as_utc(args.drift_start),
+            start=as_utc(args.drift_start),
             amount_inflation=args.amount_inflation,
             channel_shift=args.channel_shift,
             new_fraud_pattern=args.new_fraud_pattern,
@@ -813,17 +814,12 @@ def config_from_args(args: argparse.Namespace) -> GeneratorConfig:
         n_transactions=args.transactions,
         n_customers=args.customers,
         n_merchants=args.merchants,
-        start=_as_utc(args.start),
+        start=as_utc(args.start),
         days=args.days,
         fraud_rate=args.fraud_rate,
         seed=args.seed,
         drift=drift,
     )
-
-
-def _as_utc(text: str) -> pd.Timestamp:
-    ts = pd.Timestamp(text)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,9 +3,12 @@
 import pandas as pd
 import pandera.pandas as pa
 
+# The channels and the amount limit are also the scoring service's request rules: defined once, in its request
+# model, since a bento never ships flows/.
+from services.scorer.transaction import CHANNELS, MAX_AMOUNT
+
 REGIONS = ("north", "south", "east", "west", "central", "abroad")
 CARD_TYPES = ("credit", "debit", "prepaid")
-CHANNELS = ("chip", "contactless", "online")
 MERCHANT_CATEGORIES = (
     "grocery",
     "fuel",
@@ -18,7 +21,6 @@ MERCHANT_CATEGORIES = (
     "health",
     "home",
 )
-MAX_AMOUNT = 50_000.0
 
 TIMESTAMP = pd.DatetimeTZDtype(unit="us", tz="UTC")
 # Column metadata read by flows/feature_store/validation.py: a value later than the validation time (plus a tolerance)

@@ -20,12 +20,13 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
+from model_store.profiles import SCORE_COLUMN
+
 ColumnKind = Literal["numeric", "categorical", "empty"]
 Correction = Literal["holm", "bonferroni", "bh"]
 # whylogs' type counters, grouped into what a model can tell apart: an int column that gains a null arrives
 # as floats, which is not a change of meaning.
 TYPE_CLASSES = {"integral": "numeric", "fractional": "numeric", "boolean": "boolean", "string": "string"}
-SCORE_COLUMN = "score"
 # Reported but not drift: traffic carrying a column the model was not trained on cannot hurt its scores.
 INFORMATIVE_REASONS = {"new column"}
 

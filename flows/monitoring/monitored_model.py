@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from model_store.profiles import load_reference_profile
+from model_store.profiles import SCORE_COLUMN, load_reference_profile
 from model_store.registry import CHAMPION, NoChampionError, version_by_alias
 from model_store.settings import Settings
 from model_store.tracking import ensure_experiment, mlflow_client
@@ -137,7 +137,7 @@ def _log_report(
     client = mlflow_client(settings)
     experiment_id = ensure_experiment(client, settings, experiment or f"{model.name}-monitoring")
     performance = summary.get("performance") or {}
-    score = next((c for c in summary["columns"] if c["column"] == "score"), None)
+    score = next((c for c in summary["columns"] if c["column"] == SCORE_COLUMN), None)
     metrics = {
         "current_rows": summary["rows"]["current"],
         "drifted_features": len(summary["drifted_features"]),

@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from flows.feature_store.labels import read_labels
+from model_store.profiles import SCORE_COLUMN
 
 CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 200
@@ -130,7 +131,7 @@ def measure_performance(
     }
     labelled = joined[joined["is_fraud"].notna()]
     y = labelled["is_fraud"].to_numpy(dtype=np.int64)
-    scores = labelled["score"].to_numpy(dtype=np.float64)
+    scores = labelled[SCORE_COLUMN].to_numpy(dtype=np.float64)
     counts = {
         "predictions": len(joined),
         "labelled": len(y),
@@ -194,8 +195,7 @@ class WeightedRanking:
     """Scores sorted once, so the average precision of many weightings (bootstrap resamples) is cheap.
 
     Same definition as scikit-learn's ``average_precision_score`` with ``sample_weight`` (tied scores form
-    one threshold), which costs a sort and input validation per call: 200 resamples of a week of traffic
-    would take seconds instead of milliseconds.
+    one threshold), which costs a sort and input validation per call, too slow for hundreds of resamples.
     """
 
     def __init__(self, y: np.ndarray, scores: np.ndarray) -> None:
@@ -240,7 +240,7 @@ def daily_figures(labelled: pd.DataFrame, threshold: float | None) -> list[dict[
     out = []
     for day, rows in labelled.groupby(days, sort=True):
         y = rows["is_fraud"].to_numpy(dtype=np.int64)
-        s = rows["score"].to_numpy(dtype=np.float64)
+        s = rows[SCORE_COLUMN].to_numpy(dtype=np.float64)
         both = 0 < y.sum() < len(y)
         recall = float((s[y == 1] >= threshold).mean()) if threshold is not None and y.sum() else None
         out.append(

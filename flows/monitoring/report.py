@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flows.monitoring.drift import SCORE_COLUMN, Distribution, DriftResult
+from flows.monitoring.drift import Distribution, DriftResult
 from flows.monitoring.performance import PerformanceResult
 from flows.monitoring.triggers import AlertOutcome
 from model_store.atomic_files import write_atomically
+from model_store.profiles import SCORE_COLUMN
 
 logger = logging.getLogger(__name__)
 

@@ -20,16 +20,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from flows.monitoring.drift import SCORE_COLUMN, DriftResult
+from flows.deployments import TRAINING_PIPELINE
+from flows.monitoring.drift import DriftResult
 from flows.monitoring.performance import PerformanceResult
 from model_store.atomic_files import write_atomically
+from model_store.profiles import SCORE_COLUMN
 
 logger = logging.getLogger(__name__)
 
 Condition = Literal["feature_drift", "prediction_drift", "performance_decay"]
 EVENT_PREFIX = "rtml.monitoring"
 RETRAINING_KEY = "retraining"
-TRAINING_DEPLOYMENT = "training_pipeline/training-pipeline"
 
 
 class TriggerSettings(BaseModel):
@@ -41,7 +42,7 @@ class TriggerSettings(BaseModel):
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Quiet time after an alert for the same condition.")
     start_training: bool = Field(True, description="Start the training deployment when a condition fires.")
-    training_deployment: str = Field(TRAINING_DEPLOYMENT, description="Deployment run as flow/deployment.")
+    training_deployment: str = Field(TRAINING_PIPELINE, description="Deployment run as flow/deployment.")
     webhook_timeout_seconds: float = Field(10.0, gt=0)
 
 

@@ -1,10 +1,11 @@
 """The whylogs implementation of ``DriftBackend``: statistics read from whylogs 1.6 profile sketches.
 
 Numeric columns use whylogs' two-sample KS test on the KLL sketches and its Hellinger distance on their
-histograms (its drift module, reached through ``model_store.libraries.whylogs.drift_algorithms``). Categorical columns use a two-sample chi-squared test of homogeneity on the frequent-items
-counts (scipy), with Hellinger and total variation distances, not whylogs' ``ChiSquare``: that one treats the reference shares as exact and truncates the
-expected counts to integers, so (measured on clean windows at p < 0.05) it flagged 19 % of 20k-row windows
-against a 50k-row reference and every 200-row window holding a category rarer than 1 in 200.
+histograms (its drift module, reached through ``model_store.libraries.whylogs.drift_algorithms``).
+Categorical columns use a two-sample chi-squared test of homogeneity on the frequent-items counts (scipy),
+with Hellinger and total variation distances, not whylogs' ``ChiSquare``: that one treats the reference shares
+as exact and truncates the expected counts to integers, so it flags clean windows far more often than its
+p-value says (figures: docs/architecture.md, "Why it is built this way").
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from flows.feature_store.ingestion import hash_file
 from flows.feature_store.labels import labels_dir, read_labels
 from flows.feature_store.offline_store import max_timestamp, partition_files, table_columns
 from model_store.settings import Settings
@@ -238,16 +239,10 @@ def split_by_time(
 
 def file_digests(files: Iterable[Path], root: Path) -> list[dict[str, Any]]:
     """Path (relative to ``root``), size and SHA-256 of each file, in path order."""
-    out = []
-    for path in sorted(files):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        out.append(
-            {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-        )
-    return out
+    return [
+        {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": hash_file(path)}
+        for path in sorted(files)
+    ]
 
 
 def combined_digest(digests: Iterable[dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from flows.training.dataset import TrainingSet
 from flows.training.tuning import TrialOutcome
+from model_store.profiles import SCORE_COLUMN
 from model_store.scorer import ModelContract
 from model_store.settings import REPO_ROOT, Settings
 from model_store.tracking import ensure_experiment, mlflow_client
@@ -160,7 +161,7 @@ def log_reference_profile(model_input: pd.DataFrame, holdout_scores: np.ndarray)
     from model_store.profiles import log_reference_profile as log_profile
     from model_store.profiles import profile_frame
 
-    view = profile_frame(model_input).merge(profile_frame(pd.DataFrame({"score": holdout_scores})))
+    view = profile_frame(model_input).merge(profile_frame(pd.DataFrame({SCORE_COLUMN: holdout_scores})))
     log_profile(view)
 
 
@@ -177,7 +178,7 @@ def log_model(model: Any, contract: ModelContract, example: pd.DataFrame) -> str
         signature=infer_signature(example, scores),
         input_example=example,
         metadata=contract.model_dump(),
-        # Listing requirements skips MLflow's ~5 s inference subprocess.
+        # Listing requirements skips MLflow's slow inference subprocess.
         pip_requirements=[
             f"catboost=={catboost.__version__}",
             f"mlflow=={mlflow.__version__}",

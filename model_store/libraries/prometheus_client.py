@@ -1,10 +1,11 @@
 """prometheus_client: a batch of observations added to a histogram with one write per bucket.
 
 prometheus_client has no bulk observe, and in BentoML's multiprocess mode each ``Histogram.observe`` is two
-writes to a memory-mapped file (7 us; 7 ms of a 1,000-row batch). ``observe_many`` adds the batch the way
-``observe`` adds one value (to the first bucket whose upper bound holds it, and to the sum), through these
-internals of prometheus_client 0.24.1's ``Histogram``: ``_raise_if_not_observable()``, ``_upper_bounds``
-(the sorted bounds, ``+Inf`` last), ``_buckets`` (one value per bound, non-cumulative) and ``_sum``.
+writes to a memory-mapped file, which add up over a batch (figures: docs/architecture.md). ``observe_many``
+adds the batch the way ``observe`` adds one value (to the first bucket whose upper bound holds it, and to the
+sum), through these internals of prometheus_client 0.24.1's ``Histogram``: ``_raise_if_not_observable()``,
+``_upper_bounds`` (the sorted bounds, ``+Inf`` last), ``_buckets`` (one value per bound, non-cumulative) and
+``_sum``.
 
 Nothing is patched. Used by ``services/scorer/metrics.py`` for the ``fraud_score`` histogram;
 ``tests/model_store/libraries/test_prometheus_client.py`` holds it to ``observe`` one value at a time.

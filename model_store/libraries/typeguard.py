@@ -1,9 +1,10 @@
-"""typeguard: ``@typechecked`` made a no-op for Feast's import in our processes, 3-4 s off each one's start.
+"""typeguard: ``@typechecked`` made a no-op for Feast's import in our processes, seconds off each one's start.
 
 Feast decorates its definition classes (``FeatureView``, ``FeatureService``, ``Entity``, the data sources)
 with typeguard's ``@typechecked``. typeguard 4 instruments each method by re-reading, re-parsing and
-recompiling the method's whole module: 242 times during ``import feast``, 4.0 of its 5.2 s measured here, in
-every process that opens a feature store (the demo, each flow run, each service worker).
+recompiling the method's whole module, most of the time ``import feast`` takes (figures: docs/architecture.md,
+"Why it is built this way"), in every process that opens a feature store (the demo, each flow run, each
+service worker).
 
 Our processes build Feast objects only from the registry, which ``feast apply`` wrote after checking the
 definitions: the ``feast`` CLI imports nothing of ours, so apply and plan keep the checks. What is lost is

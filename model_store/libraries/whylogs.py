@@ -50,7 +50,7 @@ def require_version() -> None:
 
 
 def apply_patches() -> None:
-    """Apply both patches (idempotent, thread-safe); imports whylogs (1-2 s the first time)."""
+    """Apply both patches (idempotent, thread-safe); imports whylogs, which is slow the first time."""
     require_version()
     with _lock:
         _split_float_columns_at_once()
@@ -95,8 +95,8 @@ def _split_float_columns_at_once() -> None:
     """Make whylogs split a float64 column with numpy, not with a Python call per value.
 
     Before profiling a column whylogs counts its nulls, NaNs and infinities, testing each float for infinity
-    through ``Series.apply``: 1.2 s of the 1.5 s profile of the small demo's training set (21k rows, 24 float
-    columns). The counts and the array of floats are the same; every other dtype takes whylogs' own path.
+    through ``Series.apply``, most of a training set's profile. The counts and the array of floats are the same;
+    every other dtype takes whylogs' own path.
     """
     import numpy as np
     from whylogs.core.preprocessing import PreprocessedColumn
@@ -124,9 +124,9 @@ def _split_float_columns_at_once() -> None:
 def _reuse_component_classes() -> None:
     """Make whylogs reuse one class per kind of metric component it deserializes.
 
-    It defines a new class for every component it reads: ~60 % of reading a profile, 25 ms for one of the
-    model's (~440 components). The class depends only on the component's value field and type id, so the
-    first one of each pair is kept. Components read through a custom registry take whylogs' own path.
+    It defines a new class for every component it reads, most of the time of reading a profile. The class
+    depends only on the component's value field and type id, so the first one of each pair is kept.
+    Components read through a custom registry take whylogs' own path.
     """
     from whylogs.core.metrics.metric_components import MetricComponent
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from model_store import libraries
 
-# A Redis read takes 0.05-1 ms; the upper buckets catch a struggling store or a large batch.
+# The lower buckets cover a healthy Redis read; the upper ones catch a struggling store or a large batch.
 READ_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # From this many scores on, a batch updates the score histogram bucket by bucket (see observe_scores).
 BULK_OBSERVE_ROWS = 16
@@ -42,7 +42,7 @@ class ScorerMetrics:
         """``Histogram.observe`` for each score, with one write per bucket for a batch.
 
         prometheus_client has no bulk observe, and in BentoML's multiprocess mode each observation is two writes
-        to a memory-mapped file (7 us, 7 ms of a 1,000-row batch): a batch goes through
+        to a memory-mapped file, which add up over a batch: a batch goes through
         ``model_store.libraries.prometheus_client.observe_many``.
         """
         histogram = self.score

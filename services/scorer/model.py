@@ -3,10 +3,11 @@
 ``save_bento_model`` (called by the ``build_service`` flow) stores the champion's CatBoost model in its native
 ``.cbm`` format (never a pickle) with the model contract and registry identity as metadata;
 ``load_serving_model`` reads it back from the bento being served, or from ``settings.bentoml_home`` in
-development. Scoring feeds CatBoost a ``FeaturesData`` with one thread: 0.12 ms for one row and 0.5 ms for a
-thousand, against 0.3 ms and 1 ms for a DataFrame. Missing values get the defaults the model was trained with:
-NaN for numbers (CatBoost's own missing-value handling) and ``MISSING_CATEGORY`` for categories, exactly as
-``model_store.scorer.prepare_features`` prepares offline scoring.
+development. Scoring feeds CatBoost plain rows or a ``FeaturesData`` with one thread, never a DataFrame,
+whose conversion costs more than the model (figures: docs/architecture.md, "Why it is built this way").
+Missing values get the defaults the model was trained with (``model_store.scorer``: NaN for numbers,
+``MISSING_CATEGORY`` for categories), through the functions ``prepare_features`` uses for training and
+offline scoring.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_store import libraries
-from model_store.scorer import MISSING_CATEGORY, ModelContract
+from model_store.scorer import ModelContract, category_values, number_values, row_layout
 
 if TYPE_CHECKING:
     import bentoml
@@ -58,18 +59,14 @@ class ServingModel:
                 f"model {name} v{version} was trained on {trained_on}, its contract says {contract.features}"
             )
         # The model's own column order; each column's default for a missing value and whether it is text.
-        categorical = set(contract.categorical_features)
-        self._row_layout = [
-            (f, MISSING_CATEGORY, True) if f in categorical else (f, float("nan"), False) for f in trained_on
-        ]
-        self._categorical_positions = [i for i, f in enumerate(trained_on) if f in categorical]
+        self._row_layout = row_layout(trained_on, contract.categorical_features)
+        self._categorical_positions = [i for i, (_, _, text) in enumerate(self._row_layout) if text]
 
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
-        """Fraud probability per row; ``None`` values get the training defaults (NaN, ``MISSING_CATEGORY``).
+        """Fraud probability per row; ``None`` values get the training defaults (``model_store.scorer``).
 
-        A few rows go to CatBoost as a ``Pool`` of rows in the model's column order (0.11 ms for one row
-        here, where a ``FeaturesData`` with named columns costs 0.18 ms and a bare list 0.14 ms); more go as
-        one ``FeaturesData`` (about 1 us per row).
+        A few rows go to CatBoost as a ``Pool`` of rows in the model's column order, the cheapest form for
+        one row; more go as one ``FeaturesData``, whose fixed cost of naming columns is then spread over them.
         """
         from catboost import Pool
 
@@ -91,15 +88,11 @@ class ServingModel:
 
         num = cat = None
         if self.numeric:
-            # float32 is what CatBoost computes in anyway; None becomes NaN.
-            num = np.array([columns[name] for name in self.numeric], dtype=np.float32).T.copy()
+            # float32 is what CatBoost computes in anyway.
+            num = number_values([columns[name] for name in self.numeric], np.float32).T.copy()
         if self.categorical:
             cat = np.array(
-                [
-                    [MISSING_CATEGORY if v is None else str(v) for v in columns[name]]
-                    for name in self.categorical
-                ],
-                dtype=object,
+                [category_values(columns[name]) for name in self.categorical], dtype=object
             ).T.copy()
         data = FeaturesData(
             num_feature_data=num,
@@ -120,9 +113,9 @@ class ServingModel:
         serving profiles record, like the training reference profile."""
         out: dict[str, Any] = {}
         for name in self.numeric:
-            out[name] = np.array(columns[name], dtype=np.float64)  # None becomes NaN
+            out[name] = number_values(columns[name])
         for name in self.categorical:
-            out[name] = [MISSING_CATEGORY if v is None else str(v) for v in columns[name]]
+            out[name] = category_values(columns[name])
         return {name: out[name] for name in self.features}
 
 

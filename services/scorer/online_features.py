@@ -1,11 +1,11 @@
 """Online features of a request, exactly as Feast's ``get_online_features`` returns them, in one Redis round trip.
 
-Feast's SDK path costs 0.3-1.5 ms of Python per call (request and response protobufs, registry lookups,
-``to_dict``) around a 0.03 ms Redis read. ``RedisFeatureReader`` keeps Feast's semantics and format and drops
-the glue: the read plan (which views, which features, which on-demand views) is resolved once by Feast's own
-planner; keys, field names and values go through Feast's own functions (its key serialization and the Redis
-store's field names, reached through ``model_store.libraries.feast``, then ``ValueProto`` and
-``feast_value_type_to_python_type``); both entities
+Feast's SDK path spends many times the Redis round trip in Python per call (request and response protobufs,
+registry lookups, ``to_dict``; figures: docs/architecture.md, "Why it is built this way").
+``RedisFeatureReader`` keeps Feast's semantics and format and drops the glue: the read plan (which views,
+which features, which on-demand views) is resolved once by Feast's own planner; keys, field names and values
+go through Feast's own functions (its key serialization and the Redis store's field names, reached through
+``model_store.libraries.feast``, then ``ValueProto`` and ``feast_value_type_to_python_type``); both entities
 are read with one pipelined ``HMGET`` each; the on-demand view's own transformation runs on the result.
 ``SdkFeatureReader`` is the plain path, used for the SQLite fallback and anything the fast path does not
 cover. A parity test holds both to ``FeatureStore.get_online_features(features=feature_service, ...)``.
@@ -212,7 +212,7 @@ def _value_decoder(value_type: ValueType) -> Callable[[bytes], Any]:
 # Fixed-width scalar types: each stored value is one tag byte and the little-endian number, so a column of them
 # decodes as one numpy buffer. The layout is taken from Feast's own encoder and checked against its decoder.
 FIXED_WIDTH = {"DOUBLE": "<f8", "FLOAT": "<f4"}
-# Below this many values numpy's fixed cost (about 10 us a column) exceeds parsing them one by one.
+# Below this many values numpy's fixed cost per column exceeds parsing them one by one.
 BUFFER_MIN_VALUES = 32
 MEMO_LIMIT = 20_000
 
@@ -220,9 +220,9 @@ MEMO_LIMIT = 20_000
 def _column_decoder(value_type: ValueType) -> Callable[[Sequence[bytes | None]], list[Any]]:
     """Stored values of one feature (None or empty where absent) to the column ``get_online_features`` gives.
 
-    Per value, parsing a ``ValueProto`` costs about 1 us, the largest share of a 1,000-row batch read. Doubles
-    and floats decode as one numpy buffer; other types keep a bounded memo of decoded values, which serves
-    counts, categories and flags (few distinct values) from a dict.
+    Parsing a ``ValueProto`` per value is the largest share of a batch read. Doubles and floats decode as one
+    numpy buffer; other types keep a bounded memo of decoded values, which serves counts, categories and flags
+    (few distinct values) from a dict.
     """
     import numpy as np
     from feast.type_map import python_values_to_proto_values
@@ -399,8 +399,8 @@ class RedisFeatureReader:
 
         self.plan = plan
         self._connection = connection
-        # redis.asyncio packs commands in Python, rebuilding the buffer per argument (about 30 us for a
-        # 20-field HMGET, more than the round trip): hiredis packs in C, and each entity's command is cached.
+        # redis.asyncio packs commands in Python, rebuilding the buffer per argument (for a 20-field HMGET,
+        # longer than the round trip): hiredis packs in C, and each entity's command is cached.
         self._pack = hiredis.pack_command
         self._timestamp_from = Timestamp.FromString
         # Per entity and view, one column decoder per feature, resolved once (ValueType hashes slowly).

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from model_store.scorer import MISSING_CATEGORY
 from services.scorer import transaction
 from services.scorer.online_features import OnlineStoreUnavailable
 from services.stream.events import decision_json, encode, transaction_json
@@ -44,7 +45,7 @@ class ScoreResult(BaseModel):
     model_version: str
     missing_features: list[str] = Field(
         description="Model features the online store had no value for; the model's defaults were used "
-        "(NaN for numbers, '__missing__' for categories)."
+        f"(NaN for numbers, {MISSING_CATEGORY!r} for categories)."
     )
     stale_features: list[str] = Field(description="Model features older than their feature view's TTL.")
     unknown_entities: list[str] = Field(
@@ -187,7 +188,7 @@ class CoalescingScorer:
     A lone request is scored at once (no added wait, unlike a batching window); under load, the requests that
     arrive during one Redis round trip share the next one, and one CatBoost call. The fixed costs (a round
     trip, a CatBoost pool) are then paid per batch instead of per request. BentoML's adaptive batching would
-    do the same but needs ``@bentoml.api`` endpoints, which cost ~1 ms per request here.
+    do the same but needs ``@bentoml.api`` endpoints, whose per-request cost the service avoids.
     """
 
     def __init__(self, scoring: OnlineScoring, max_rows: int = 64) -> None:

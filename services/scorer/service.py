@@ -2,11 +2,12 @@
 
 Run it with ``bentoml serve services.scorer.service:OnlineScorer`` from the repository root, or serve the bento
 the ``build_service`` flow builds. The endpoints are a small Starlette app mounted on the BentoML service
-(``@bentoml.asgi_app``): measured here, that halves BentoML's per-request cost (``@bentoml.api`` generates
-pydantic JSON schemas per request) and keeps BentoML's probes, metrics and packaging. After start-up
-(``tune_interpreter``) the heap is frozen and the collector's thresholds raised: full collections of the
-start-up objects otherwise stall every in-flight request for 200-300 ms. The GIL switch interval drops from
-5 ms to 0.5 ms: a background thread otherwise holds the event loop for up to 5 ms at each switch.
+(``@bentoml.asgi_app``): that halves BentoML's per-request cost (``@bentoml.api`` generates pydantic JSON
+schemas per request) and keeps BentoML's probes, metrics and packaging. After start-up (``tune_interpreter``)
+the heap is frozen and the collector's thresholds raised: full collections of the start-up objects otherwise
+stall every in-flight request. The GIL switch interval drops from 5 ms to 0.5 ms: a background thread otherwise
+holds the event loop for up to 5 ms at each switch. (Figures: docs/architecture.md, "Why it is built this
+way".)
 
 Errors are JSON ``{"error": ..., "details": [{"field": ..., "reason": ...}]}``: 400 for a body that is not
 JSON, 422 for a request that breaks the schema, 413 for an oversized body or batch, 401 for a missing or
@@ -37,22 +38,20 @@ from starlette.routing import Route
 
 from model_store import libraries
 from services.scorer.online_features import OnlineStoreUnavailable
-from services.scorer.openapi import ApiDescription, ApiDocsMiddleware, ErrorCase, Operation
+from services.scorer.openapi import JSON, ApiDescription, ApiDocsMiddleware, ErrorCase, Operation
 from services.scorer.settings import get_service_settings
 from services.scorer.transaction import BATCH_TOO_LARGE, Transaction, TransactionBatch
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 # Bodies beyond these sizes are refused before they are read into memory.
 MAX_SCORE_BYTES = 64 * 1024
 MAX_BYTES_PER_TRANSACTION = 1024
 # Generation-0 collections every 100k allocations instead of 700, and rare full ones: the live heap is
 # frozen at start-up, so what a collection could free is the little each request leaves behind.
 GC_THRESHOLDS = (100_000, 50, 1000)
-# How long a thread that wants the GIL waits before the holder must give it up (CPython's default is 5 ms).
-# Every wake-up of the traffic log's shipping thread took the event loop off the CPU for that long, several
-# times per shipment: /score p99 at one connection went from 9-11 ms to 4.6-6.4 ms here with 0.5 ms.
+# How long a thread that wants the GIL waits before the holder must give it up (CPython's default is 5 ms):
+# a background thread's wake-up takes the event loop off the CPU for that long, which shows in /score's tail.
 SWITCH_INTERVAL_SECONDS = 0.0005
 API_KEY_HEADER = "X-API-Key"
 RETRY_AFTER_SECONDS = 1
@@ -186,7 +185,7 @@ def tune_interpreter() -> tuple[tuple[int, int, int], float]:
     traffic={"timeout": 30},
     # Per-request access logs cost as much as the scoring itself; BentoML's request metrics stay on.
     logging={"access": {"enabled": False}},
-    # OpenTelemetry's ASGI middleware took 27 % of a worker at 32 connections (spans are made even when none
+    # OpenTelemetry's ASGI middleware costs a large share of a worker under load (spans are made even when none
     # is exported): the scoring endpoints skip it unless BentoML's configuration says otherwise
     # (docs/deployment.md, Observability).
     tracing={"excluded_urls": ["/score", "/score_batch"]},

@@ -22,7 +22,7 @@ class StreamSettings(Settings):
     stream_lease_seconds: float = Field(
         10.0, gt=0, description="A partition whose process stops renewing is taken over after this long."
     )
-    # A customer with a week of events holds 3-9 KiB in memory: 200,000 fit in about 1-2 GiB.
+    # The default fits a processor's memory with room to spare (sizes: docs/streaming.md, "Bounded state").
     stream_cache_entities: int = Field(
         200_000,
         ge=1,

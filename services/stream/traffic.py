@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from model_store.profiles import PREDICTION_COLUMNS, ProfileStore, hour_floor
+from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, ProfileStore, hour_floor
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, covered, range_name
 from services.stream.events import MalformedEvent, decode
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GROUP = "traffic-log"
-SCORE = "score"
 # Buffered beyond this while writes fail, the process stops: its entries stay pending in Redis.
 MAX_ROWS = 1_000_000
 
@@ -75,7 +74,7 @@ class TrafficRecorder(EntryFileWriter):
                 effects.ack.append(entry)
                 continue
             row: dict[str, Any] = dict(decision.features)
-            row[SCORE] = decision.fraud_probability
+            row[SCORE_COLUMN] = decision.fraud_probability
             row["transaction_id"] = event.transaction.transaction_id
             row["event_timestamp"] = event.transaction.timestamp
             row["decision"] = decision.decision
@@ -120,7 +119,7 @@ class TrafficRecorder(EntryFileWriter):
 
         name = range_name(e.id for e in held.entries)
         frame = pd.DataFrame(held.rows)
-        profiled = [c for c in frame.columns if c == SCORE or c not in PREDICTION_COLUMNS]
+        profiled = [c for c in frame.columns if c == SCORE_COLUMN or c not in PREDICTION_COLUMNS]
         self.store.write_window(profile_frame(frame[profiled]), hour, name=name)
         # Written last: its presence is what says this hour's entries are recorded (see ``covered``).
         self.store.write_predictions(frame[list(PREDICTION_COLUMNS)], hour, name=name)
@@ -139,7 +138,7 @@ class TrafficRecorder(EntryFileWriter):
 async def traffic_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
     from model_store import libraries
 
-    libraries.whylogs.apply_patches()  # imports whylogs: 1-2 s, paid at start rather than at the first write
+    libraries.whylogs.apply_patches()  # imports whylogs: slow, paid at start rather than at the first write
 
     recorder = TrafficRecorder(
         ProfileStore(settings.profile_store, settings.model_name), settings.traffic_flush_seconds

@@ -41,6 +41,7 @@ from flows.monitoring.performance import PerformanceThresholds, measure_performa
 from flows.monitoring.whylogs_backend import WhylogsBackend  # noqa: E402
 from model_store import libraries  # noqa: E402
 from model_store.profiles import profile_frame  # noqa: E402
+from model_store.scorer import MISSING_CATEGORY  # noqa: E402
 from services.stream.windows import compute_windows  # noqa: E402
 from tests.fixtures.feature_repo import declared_windowed_views  # noqa: E402
 
@@ -159,7 +160,7 @@ def train_model(frame: pd.DataFrame) -> object:
 def model_input(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[FEATURES].copy()
     for column in CATEGORICAL:
-        out[column] = pd.Categorical(out[column].fillna("__missing__"), categories=CATEGORIES[column])
+        out[column] = pd.Categorical(out[column].fillna(MISSING_CATEGORY), categories=CATEGORIES[column])
     return out
 
 
@@ -183,7 +184,7 @@ def run_seed(seed: int, days: int, figures: dict[str, list], thresholds: DriftTh
     started = time.perf_counter()
     clean = model_features(generate_raw_data(base))
     for column in CATEGORICAL:
-        CATEGORIES.setdefault(column, sorted({*clean[column].dropna().unique(), "__missing__"}))
+        CATEGORIES.setdefault(column, sorted({*clean[column].dropna().unique(), MISSING_CATEGORY}))
     model = train_model(clean)
     holdout = clean[clean["day"].between(HOLDOUT_DAYS[0], HOLDOUT_DAYS[1] - 1)]
     holdout_scores = model.predict_proba(model_input(holdout))[:, 1]

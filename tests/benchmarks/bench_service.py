@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 import bentoml  # noqa: E402  (after the path fix: this module is also served as the plain path)
 
+from deploy.local.servers import free_port  # noqa: E402
 from services.scorer.transaction import Transaction  # noqa: E402
 
 N_CUSTOMERS, N_MERCHANTS = 20_000, 2_000
@@ -103,12 +103,6 @@ def floor_app() -> Any:
             Route("/readyz", _floor_answer, methods=["GET"]),
         ]
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def synthetic_value_columns(view: Any, n: int, rng: Any, now: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import yaml
 
+from flows.deployments import WORK_POOL
 from model_store.settings import REPO_ROOT
 from tests.conftest import POSTGRES_DSN
 from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES, duration_seconds
@@ -176,7 +177,7 @@ def test_worker_pool_matches_prefect_yaml() -> None:
     }
     command = services["prefect-worker"]["command"]
     assert pools == {command[command.index("--pool") + 1]}
-    assert "local-process" in " ".join(services["prefect-deploy"]["command"])
+    assert WORK_POOL in " ".join(services["prefect-deploy"]["command"])
 
 
 def test_database_urls_name_databases_the_init_script_creates(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from deploy.local.servers import free_port
 from model_store.settings import REPO_ROOT
 from tests.deploy.stream_processes import HEALTH_PORT, STREAM_PROCESSES
 
@@ -65,12 +65,6 @@ PROBE_SERVICE = textwrap.dedent(
             return 0.25
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

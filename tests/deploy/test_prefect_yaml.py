@@ -1,26 +1,32 @@
-"""prefect.yaml, checked offline: the deployments of docs/architecture.md, their schedules, pools, pull step,
-default parameters validated by each flow's own parameter schema (the pydantic models in the flows), and the
-library patches each flow applies before its tasks import the libraries."""
+"""prefect.yaml, checked offline: the deployments of docs/architecture.md and of ``flows/deployments.py``, their
+schedules, pools, pull step, the events training reacts to, default parameters validated by each flow's own
+parameter schema (the pydantic models in the flows), and the library patches each flow applies before its
+tasks import the libraries."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
 
+from flows import deployments as names
+from flows.deployments import declared_deployments as deployments
 from model_store.settings import REPO_ROOT
 from tests.conftest import leading_patches
 
-POOL = "local-process"
 # On-demand deployments whose flows need a value no default can give: what a run passes (docs/deployment.md).
 RUN_TIME_PARAMETERS = {
-    "batch_scoring/batch-scoring": {"params": {"input_path": "/data/transactions.parquet"}},
+    names.BATCH_SCORING: {"params": {"input_path": "/data/transactions.parquet"}},
 }
+# Modules allowed to spell a deployment or pool name: the one that owns them, and the demo, which keeps its
+# own TRAINING_DEPLOYMENT until its rewrite lands (it is being edited elsewhere).
+NAME_OWNERS = {"flows/deployments.py", "deploy/local/demo.py"}
 # The patches of model_store.libraries each flow needs: typeguard's before its tasks import Feast, whylogs' for
 # profiling or reading profiles (docs/architecture.md, "Library patches and private APIs").
 PATCHES = {
@@ -34,10 +40,6 @@ PATCHES = {
 
 def spec() -> dict[str, Any]:
     return yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-
-
-def deployments() -> dict[str, dict[str, Any]]:
-    return {f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}": d for d in spec()["deployments"]}
 
 
 def contract_deployments() -> set[str]:
@@ -55,6 +57,35 @@ def load_flow(entrypoint: str) -> Any:
 
 def test_every_contract_deployment_is_declared() -> None:
     assert set(deployments()) == contract_deployments()
+
+
+def test_the_names_python_uses_are_the_deployments_declared() -> None:
+    assert set(names.DEPLOYMENTS) == set(deployments())
+    assert {d["work_pool"]["name"] for d in deployments().values()} == {names.WORK_POOL}
+
+
+def test_no_other_module_spells_a_deployment_name() -> None:
+    """A name copied into a second module would drift from prefect.yaml unnoticed: they import it instead."""
+    spelled = {*names.DEPLOYMENTS, *(d.split("/")[1] for d in names.DEPLOYMENTS), names.WORK_POOL}
+    found = []
+    for folder in ("flows", "services", "model_store", "deploy", "tests"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            relative = path.relative_to(REPO_ROOT).as_posix()
+            if relative in NAME_OWNERS:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in spelled:
+                    found.append(f"{relative}:{node.lineno}: {node.value!r}")
+    assert not found, "import these from flows/deployments.py:\n" + "\n".join(found)
+
+
+def test_training_reacts_to_the_events_the_drift_report_emits() -> None:
+    from flows.monitoring.triggers import Alert, Condition
+
+    (trigger,) = deployments()[names.TRAINING_PIPELINE]["triggers"]
+    emitted = {Alert(condition, "fraud_scorer", "1", "").event_name for condition in get_args(Condition)}
+    assert set(trigger["expect"]) == emitted
+    assert trigger["match"] == {"prefect.resource.id": "rtml.model.*"}
 
 
 @pytest.mark.parametrize("name", sorted(contract_deployments()))
@@ -79,7 +110,7 @@ def test_entrypoint_is_the_flow_of_its_name_and_defaults_validate(name: str) -> 
 def test_parameter_validation_rejects_a_bad_default() -> None:
     from prefect.exceptions import ParameterTypeError
 
-    flow = load_flow(deployments()["feature_pipeline/feature-pipeline"]["entrypoint"])
+    flow = load_flow(deployments()[names.FEATURE_PIPELINE]["entrypoint"])
     with pytest.raises(ParameterTypeError, match="max_invalid_fraction"):
         flow.validate_parameters({"params": {"max_invalid_fraction": 2}})
 
@@ -90,18 +121,18 @@ def test_schedules_match_each_flows_cadence() -> None:
     def crons(name: str) -> list[str]:
         return [s["cron"] for s in found[name].get("schedules") or []]
 
-    assert crons("feature_pipeline/feature-pipeline") == ["0 * * * *"]
-    assert crons("drift_report/drift-report") == ["15 * * * *"]
-    (weekly,) = crons("training_pipeline/training-pipeline")
+    assert crons(names.FEATURE_PIPELINE) == ["0 * * * *"]
+    assert crons(names.DRIFT_REPORT) == ["15 * * * *"]
+    (weekly,) = crons(names.TRAINING_PIPELINE)
     assert weekly.split()[2:4] == ["*", "*"] and weekly.split()[4] != "*", "weekly: one day of the week"
-    assert found["training_pipeline/training-pipeline"]["triggers"], "training also starts on a trigger"
-    assert not crons("batch_scoring/batch-scoring") and not crons("build_service/build-service")
+    assert found[names.TRAINING_PIPELINE]["triggers"], "training also starts on a trigger"
+    assert not crons(names.BATCH_SCORING) and not crons(names.BUILD_SERVICE)
 
 
 def test_work_pool_pull_step_and_documented_alternatives() -> None:
     declared = spec()
     for name, deployment in deployments().items():
-        assert deployment["work_pool"]["name"] == POOL, name
+        assert deployment["work_pool"]["name"] == names.WORK_POOL, name
     (pull,) = declared["pull"]
     assert list(pull) == ["prefect.deployments.steps.set_working_directory"]
     build_ids = {step[next(iter(step))].get("id") for step in declared["build"]}

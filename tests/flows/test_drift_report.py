@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows.deployments import TRAINING_PIPELINE
 from flows.drift_report import DriftReportParams, drift_report
 from flows.monitoring.performance import PerformanceThresholds
 from model_store.profiles import ProfileStore, log_reference_profile, profile_frame
@@ -159,8 +160,9 @@ def training_deployment(prefect_harness: None) -> object:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("training_pipeline")
-        deployment_id = client.create_deployment(flow_id=flow_id, name="training-pipeline")
+        flow_name, deployment_name = TRAINING_PIPELINE.split("/")
+        flow_id = client.create_flow_from_name(flow_name)
+        deployment_id = client.create_deployment(flow_id=flow_id, name=deployment_name)
 
     def runs() -> list:
         with get_client(sync_client=True) as client:

@@ -20,21 +20,14 @@ import httpx
 import pandas as pd
 import pytest
 import redis
-import yaml
 
 from deploy.local import servers
+from flows.deployments import FEATURE_PIPELINE, TRAINING_PIPELINE, WORK_POOL, declared_deployments
 from model_store.settings import REPO_ROOT
 from tests.conftest import REDIS_URL, delete_project_keys, unique_project
 
 BIN = Path(sys.executable).parent
-POOL = servers.WORK_POOL
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-
-def declared_deployments() -> dict[str, dict]:
-    """prefect.yaml's deployments by ``flow_name/deployment-name`` (flow name: the entrypoint's function)."""
-    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    return {f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}": d for d in spec["deployments"]}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     home = tmp_path_factory.mktemp("prefect_home")
     # The scheduler stays on: a test below checks that cron schedules become runs.
     with servers.prefect_server(home) as (api, _):
-        servers.prefect_cli(api, home, "work-pool", "create", POOL, "--type", "process")
+        servers.prefect_cli(api, home, "work-pool", "create", WORK_POOL, "--type", "process")
         servers.prefect_cli(api, home, "deploy", "--all")
         yield api, home
 
@@ -60,7 +53,7 @@ def test_deploy_all_registers_every_flow_on_the_process_pool(deployed: tuple[str
     deployments = api_deployments(api)
     assert set(deployments) == set(declared)
     for name, deployment in deployments.items():
-        assert deployment["work_pool_name"] == POOL, name
+        assert deployment["work_pool_name"] == WORK_POOL, name
         assert deployment["parameters"] == declared[name].get("parameters", {}), name
         assert deployment["entrypoint"] == declared[name]["entrypoint"], name
         # The pull step sends flow runs to the checkout that was deployed, wherever the worker starts.
@@ -74,7 +67,7 @@ def test_scheduler_turns_cron_schedules_into_scheduled_runs(deployed: tuple[str,
     """Guards the SQLAlchemy pin: under SQLAlchemy 2.1 Prefect 3.8's scheduler never creates cron runs."""
     api, _ = deployed
     scheduled = {name: d["id"] for name, d in api_deployments(api).items() if d["schedules"]}
-    assert "feature_pipeline/feature-pipeline" in scheduled
+    assert FEATURE_PIPELINE in scheduled
     deadline = time.monotonic() + 90
     while True:
         runs = httpx.post(
@@ -93,7 +86,7 @@ def test_scheduler_turns_cron_schedules_into_scheduled_runs(deployed: tuple[str,
 def test_monitoring_event_starts_the_training_deployment(deployed: tuple[str, Path]) -> None:
     """The drift report's alert event is what the training deployment's trigger reacts to."""
     api, home = deployed
-    training = api_deployments(api)["training_pipeline/training-pipeline"]["id"]
+    training = api_deployments(api)[TRAINING_PIPELINE]["id"]
     emit = (
         "from prefect.events import emit_event\n"
         "emit_event(event='rtml.monitoring.feature-drift', resource={'prefect.resource.id': 'rtml.model.fraud_scorer',"
@@ -170,7 +163,7 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
             home,
             "deployment",
             "run",
-            "feature_pipeline/feature-pipeline",
+            FEATURE_PIPELINE,
             "--job-variable",
             f"env={json.dumps(settings_env)}",
         )
@@ -178,7 +171,7 @@ def test_worker_runs_the_feature_pipeline_deployment(deployed: tuple[str, Path],
 
         # The worker starts elsewhere and without the test settings: the pull step and job variables do the rest.
         worker = subprocess.run(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once"],
+            [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL, "--run-once"],
             cwd=tmp_path,
             env=servers.clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(home)),
             stdin=subprocess.DEVNULL,

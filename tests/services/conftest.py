@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import redis
 
+from deploy.local.servers import free_port
 from model_store import libraries
 from model_store.settings import Settings, clear_settings, get_settings
 from tests.services.champion import log_champion, sample_rows
@@ -26,12 +27,6 @@ if TYPE_CHECKING:
 
 SERVED_MODEL = "service_test_scorer"
 CLUSTER_BUS_OFFSET = 10_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_cluster_port() -> int:

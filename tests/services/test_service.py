@@ -83,7 +83,7 @@ def test_unknown_entities_get_defaults_and_a_flag_never_a_500(
     assert {"merchant_txn_count_1h", "merchant_fraud_rate_30d", "merchant_category"} <= set(
         body[1]["missing_features"]
     )
-    # The defaults are the model's own (NaN, "__missing__"): the same score as offline scoring of nulls.
+    # The defaults are the model's own (model_store.scorer): the same score as offline scoring of nulls.
     assert [b["fraud_probability"] for b in body] == offline_scores(served_settings, sent).tolist()
 
 

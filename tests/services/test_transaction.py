@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.fraud_data import schema
+from model_store.settings import REPO_ROOT
 from services.scorer.transaction import (
     BATCH_TOO_LARGE,
     CHANNELS,
@@ -37,10 +39,23 @@ def errors_of(payload: Any) -> list[tuple[str, str]]:
     return [(".".join(map(str, e["loc"])), e["msg"]) for e in caught.value.errors()]
 
 
-def test_vocabulary_matches_the_raw_schema() -> None:
-    # The service may not import flows/; this keeps its copy of the vocabulary honest.
-    assert set(CHANNELS) == set(schema.CHANNELS)
-    assert MAX_AMOUNT == schema.MAX_AMOUNT
+def test_the_raw_schema_takes_its_vocabulary_from_the_request_model() -> None:
+    assert schema.CHANNELS is CHANNELS and schema.MAX_AMOUNT is MAX_AMOUNT
+    assert Transaction.model_json_schema()["properties"]["channel"]["enum"] == list(CHANNELS)
+
+
+def test_no_other_module_lists_the_channels() -> None:
+    """A second list of the channels would drift from the one the service and the raw schema share."""
+    owner = "services/scorer/transaction.py"
+    found = []
+    for folder in ("flows", "services", "model_store", "deploy", "feature_repo"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Tuple | ast.List | ast.Set):
+                    continue
+                if {e.value for e in node.elts if isinstance(e, ast.Constant)} == set(CHANNELS):
+                    found.append(f"{path.relative_to(REPO_ROOT).as_posix()}:{node.lineno}")
+    assert [f for f in found if not f.startswith(owner)] == []
 
 
 def test_a_good_transaction_maps_onto_feast_rows() -> None:

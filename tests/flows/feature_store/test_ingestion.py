@@ -14,7 +14,9 @@ import pytest
 from flows.feature_store.ingestion import (
     RawBatch,
     RawFileError,
+    as_utc,
     find_new_batches,
+    parse_timestamps,
     read_raw_table,
     record_batch,
 )
@@ -276,3 +278,10 @@ def test_raw_batch_is_identified_by_content(tmp_path: Path) -> None:
 
     assert batch == RawBatch(path=path, name="a", sha256=batch.sha256)
     assert batch.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_one_timestamp_is_read_by_the_rule_for_columns() -> None:
+    texts = ["2026-03-01T10:00:00", "2026-03-01T10:00:00+02:00", "2026-03-01T10:00:00Z"]
+    column = parse_timestamps(pd.Series(texts), pd.DatetimeTZDtype(unit="us", tz="UTC"))
+    assert [as_utc(t) for t in texts] == column.tolist()
+    assert as_utc(texts[1]) == pd.Timestamp("2026-03-01T08:00:00", tz="UTC")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.deployments import TRAINING_PIPELINE
 from flows.monitoring.triggers import Alert, AlertLedger, TriggerSettings, dispatch_alerts
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
@@ -114,7 +115,7 @@ def test_failures_are_reported_and_retraining_is_retried(
     )
 
     def broken(alerts: list[Alert]) -> str:
-        raise RuntimeError("deployment 'training_pipeline/training-pipeline' not found")
+        raise RuntimeError(f"deployment {TRAINING_PIPELINE!r} not found")
 
     outcome = dispatch_alerts([drift_alert()], ledger, config, NOW, LINKS, start_training=broken)[0]
     assert outcome.webhook.startswith("failed: HTTP 500") and "secret-token" not in outcome.webhook
@@ -137,8 +138,9 @@ def test_trigger_starts_the_training_deployment_once(prefect_harness: None, tmp_
     from prefect.events.filters import EventFilter, EventNameFilter
 
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("training_pipeline")
-        deployment_id = client.create_deployment(flow_id=flow_id, name="training-pipeline")
+        flow_name, deployment_name = TRAINING_PIPELINE.split("/")
+        flow_id = client.create_flow_from_name(flow_name)
+        deployment_id = client.create_deployment(flow_id=flow_id, name=deployment_name)
         only_ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         before = len(client.read_flow_runs(deployment_filter=only_ours))
 
