@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 
 from deploy.local import servers
-from deploy.local.replay import Replay, processor_caught_up, ranking_figures, replay
+from deploy.local.replay import Replay, processor_caught_up, replay
 from deploy.local.steps import Bar, Steps
+from flows.deployments import TRAINING_PIPELINE, WORK_POOL
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
 from model_store import libraries
 from model_store.settings import Settings, clear_settings, get_settings
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun
 
-TRAINING_DEPLOYMENT = "training_pipeline/training-pipeline"
 STEPS = 7
 # The tuning logs one line per hyperparameter trial: the training's progress, in-process or read from the API.
 TRIAL_LOGGER = "flows.training.tuning"
@@ -53,8 +53,6 @@ WARM_MODULES = ("feast", "feast.infra.offline_stores.duckdb", "flows.training_pi
 RETRAINING_TIMEOUT_SECONDS = 150
 # The drifted period is streamed in this many slices, each followed by a feature pipeline run.
 STREAM_SLICES = 2
-# The window processor's consumer group (one partition in the demo).
-WINDOW_GROUP = "windows"
 # The stream processes the demo runs beside the service.
 STREAM_PROCESSES = ("processor", "traffic", "landing")
 
@@ -238,7 +236,7 @@ def prepare(settings: Settings, size: DemoSize, end: pd.Timestamp, steps: Steps)
 def deploy(api: str, home: Path, size: DemoSize) -> None:
     """Every deployment of prefect.yaml, as a platform team applies them, with the demo's training sizes."""
     servers.deploy_all(api, home)
-    set_deployment_parameters(TRAINING_DEPLOYMENT, {"params": training_parameters(size)})
+    set_deployment_parameters(TRAINING_PIPELINE, {"params": training_parameters(size)})
 
 
 def stream_drifted_period(
@@ -253,6 +251,7 @@ def stream_drifted_period(
 
     from flows.feature_pipeline import feature_pipeline
     from flows.fraud_data.generator import split_labels, write_labels
+    from services.stream.processor import GROUP as PROCESSOR_GROUP
 
     tx = drifted.transactions
     _, labels = split_labels(tx)
@@ -262,7 +261,7 @@ def stream_drifted_period(
     slices = [rows for _, rows in tx.groupby(starts, sort=True)]
     per_slice = max(1, size.scored_one_by_one // len(slices))
     client = redis.Redis.from_url(settings.redis_url)
-    caught_up = processor_caught_up(client, settings.stream("transactions"), f"{WINDOW_GROUP}-0-of-1")
+    caught_up = processor_caught_up(client, settings.stream("transactions"), f"{PROCESSOR_GROUP}-0-of-1")
     replays: list[Replay] = []
     landed = 0
     try:
@@ -339,10 +338,21 @@ def served_vs_fresh(
     agree = ((served >= threshold) == (fresh_scores >= threshold)).mean()
     return {
         "model_version": version,
-        "served": ranking_figures(y, served, threshold),
-        "fresh": ranking_figures(y, fresh_scores, threshold),
+        "served": _figures(y, served, threshold),
+        "fresh": _figures(y, fresh_scores, threshold),
         "decisions_agree": float(agree),
         "max_score_difference": float(np.abs(served - fresh_scores).max()),
+    }
+
+
+def _figures(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score
+
+    from flows.training.evaluation import decision_metrics
+
+    return {
+        "pr_auc": float(average_precision_score(y, scores)),
+        "recall": decision_metrics(y, scores, threshold)["recall_at_threshold"],
     }
 
 
@@ -413,9 +423,7 @@ async def triggered_training_runs(client: PrefectClient, since: pd.Timestamp) ->
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     runs = await client.read_flow_runs(
-        deployment_filter=DeploymentFilter(
-            name=DeploymentFilterName(any_=[TRAINING_DEPLOYMENT.split("/")[1]])
-        ),
+        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[TRAINING_PIPELINE.split("/")[1]])),
         limit=50,
     )
     return [run for run in runs if not run.auto_scheduled and run.created >= since]
@@ -602,7 +610,7 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
 
         steps.step("Build the bento and start the service")
         deployed.result()
-        steps.result("deployed every flow of prefect.yaml to the work pool 'local-process'")
+        steps.result(f"deployed every flow of prefect.yaml to the work pool {WORK_POOL!r}")
         building.result()
         from flows.build_service import BuildServiceParams, build_service
 

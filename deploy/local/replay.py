@@ -130,14 +130,3 @@ def processor_caught_up(client: Any, stream: str, group: str) -> Callable[[], bo
         return False
 
     return check
-
-
-def ranking_figures(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """PR-AUC and the recall at the model's threshold."""
-    from sklearn.metrics import average_precision_score
-
-    positives = max(int(y.sum()), 1)
-    return {
-        "pr_auc": float(average_precision_score(y, scores)),
-        "recall": float(((scores >= threshold) & (y == 1)).sum() / positives),
-    }

@@ -24,9 +24,8 @@ from tests.conftest import leading_patches
 RUN_TIME_PARAMETERS = {
     names.BATCH_SCORING: {"params": {"input_path": "/data/transactions.parquet"}},
 }
-# Modules allowed to spell a deployment or pool name: the one that owns them, and the demo, which keeps its
-# own TRAINING_DEPLOYMENT until its rewrite lands (it is being edited elsewhere).
-NAME_OWNERS = {"flows/deployments.py", "deploy/local/demo.py"}
+# The one module allowed to spell a deployment or pool name.
+NAME_OWNERS = {"flows/deployments.py"}
 # The patches of model_store.libraries each flow needs: typeguard's before its tasks import Feast, whylogs' for
 # profiling or reading profiles (docs/architecture.md, "Library patches and private APIs").
 PATCHES = {

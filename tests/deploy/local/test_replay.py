@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from deploy.local.replay import ranking_figures, request_bodies, waves
+from deploy.local.replay import request_bodies, waves
 
 
 def test_waves_keep_order_and_never_repeat_a_customer_or_merchant() -> None:
@@ -60,10 +60,3 @@ def test_request_bodies_are_what_the_api_takes() -> None:
             "channel": "chip",
         }
     ]
-
-
-def test_ranking_figures() -> None:
-    y = np.array([0, 0, 1, 1, 0])
-    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2])
-    figures = ranking_figures(y, scores, threshold=0.3)
-    assert figures["recall"] == 1.0 and 0.5 < figures["pr_auc"] < 1.0
