@@ -6,6 +6,7 @@ healthy before they are used, and stopped (process group and all) when the block
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -101,15 +102,34 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: flo
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group (servers have children), SIGKILL what is left after 20 s."""
+    """SIGTERM the process group (servers have children), SIGKILL the whole tree of what is left after 20 s."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait(timeout=10)
+
+
+def kill_tree(pid: int, sig: signal.Signals = signal.SIGKILL) -> list[int]:
+    """Send ``sig`` to a process and every descendant, as an OOM kill or a node failure would end them all.
+
+    Its process group is not enough: BentoML's workers start sessions of their own, and a worker orphaned by a
+    killed server keeps serving on the port it inherited. Returns the pids signalled.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return []
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+    return [process.pid for process in tree]
 
 
 def prefect_database_template() -> Path:
