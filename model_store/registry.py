@@ -25,7 +25,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -255,6 +255,31 @@ def load_scorer(alias_or_version: str = CHAMPION, settings: Settings | None = No
     return Scorer(
         model=model, name=name, version=str(version.version), contract=contract, run_id=version.run_id
     )
+
+
+def aliases(settings: Settings | None = None) -> dict[str, str]:
+    """Every alias of the registered model and the version it points to (one registry call)."""
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    client = mlflow_client(settings)
+    try:
+        model = client.get_registered_model(settings.model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def load_input_example(version: str, settings: Settings | None = None) -> Any:
+    """The input example logged with a version (a frame of model inputs), or None when it has none."""
+    import mlflow
+
+    settings = settings or get_settings()
+    mlflow_client(settings)
+    uri = f"models:/{settings.model_name}/{version}"
+    return mlflow.models.Model.load(uri).load_input_example(uri)
 
 
 def load_champion(settings: Settings | None = None) -> Scorer:

@@ -1,7 +1,8 @@
 """The scorer's Prometheus metrics, served on BentoML's ``/metrics`` next to BentoML's own request metrics.
 
 Names are a contract (docs/architecture.md, the Grafana dashboard): ``online_feature_read_seconds``,
-``online_features_missing_total``, ``fraud_score`` and ``model_version_info``. They are created on first use,
+``online_features_missing_total``, ``fraud_score``, ``model_version_info``, ``model_swaps_total`` and
+``model_registry_up``. They are created on first use,
 after BentoML has pointed ``prometheus_client`` at its multiprocess directory, and once per process, since
 Prometheus refuses a second registration of the same name.
 """
@@ -25,12 +26,14 @@ SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 
 
 @dataclass(frozen=True)
 class ScorerMetrics:
-    """Handles on the four metrics; their methods are cheap enough for the request path."""
+    """Handles on the service's metrics; their methods are cheap enough for the request path."""
 
     feature_read_seconds: Any
     features_missing: Any
     score: Any
     model_version: Any
+    model_swaps: Any
+    registry_up: Any
 
     def observe_missing(self, missing: Iterable[list[str]]) -> None:
         """Count null features by name across the rows of a request."""
@@ -52,8 +55,11 @@ class ScorerMetrics:
             return
         libraries.prometheus_client.observe_many(histogram, scores)
 
-    def set_model(self, name: str, version: str) -> None:
-        """Publish the served version as ``model_version_info{model_name, model_version} 1``."""
+    def set_model(self, name: str, version: str, previous: str | None = None) -> None:
+        """Publish the served version as ``model_version_info{model_name, model_version} 1`` (the one it
+        replaced, if any, goes to 0)."""
+        if previous is not None and previous != version:
+            self.model_version.labels(model_name=name, model_version=previous).set(0)
         self.model_version.labels(model_name=name, model_version=version).set(1)
 
 
@@ -83,5 +89,15 @@ def scorer_metrics() -> ScorerMetrics:
             "The model version being served (value 1).",
             labelnames=["model_name", "model_version"],
             multiprocess_mode="livemax",
+        ),
+        model_swaps=PromCounter(
+            "model_swaps",
+            "Registry versions a worker loaded and swapped in, or refused (outcome).",
+            labelnames=["outcome"],
+        ),
+        registry_up=Gauge(
+            "model_registry_up",
+            "1 while the worker reaches the model registry (0: it serves what it has).",
+            multiprocess_mode="livemin",
         ),
     )

@@ -68,20 +68,46 @@ class ServingModel:
         A few rows go to CatBoost as a ``Pool`` of rows in the model's column order, the cheapest form for
         one row; more go as one ``FeaturesData``, whose fixed cost of naming columns is then spread over them.
         """
-        from catboost import Pool
-
         n_rows = len(columns[self.features[0]])
         if n_rows <= FEW_ROWS:
-            rows = [
-                [
-                    default if (v := columns[name][i]) is None else str(v) if text else v
-                    for name, default, text in self._row_layout
-                ]
-                for i in range(n_rows)
-            ]
-            data = Pool(rows, cat_features=self._categorical_positions, thread_count=1)
+            data = self._row_pool(columns, n_rows)
             return self.model.predict(data, prediction_type="Probability", thread_count=1)[:, 1]
         return self._predict_features_data(columns)
+
+    def _row_pool(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Any:
+        """The rows in the model's column order, defaults applied, as a CatBoost ``Pool``."""
+        from catboost import Pool
+
+        rows = [
+            [
+                default if (v := columns[name][i]) is None else str(v) if text else v
+                for name, default, text in self._row_layout
+            ]
+            for i in range(n_rows)
+        ]
+        return Pool(rows, cat_features=self._categorical_positions, thread_count=1)
+
+    def explain(self, columns: Mapping[str, Sequence[Any]], top: int) -> list[list[dict[str, Any]]]:
+        """Per row, the ``top`` features that moved its score most: name, the value the model received and its
+        signed contribution in log-odds (CatBoost's SHAP values: they and the expected value sum to the raw
+        score)."""
+        n_rows = len(columns[self.features[0]])
+        shap = self.model.get_feature_importance(
+            data=self._row_pool(columns, n_rows), type="ShapValues", thread_count=1
+        )[:, :-1]
+        names = [name for name, _, _ in self._row_layout]
+        inputs = self.model_input(columns)
+        order = np.argsort(-np.abs(shap), axis=1, kind="stable")[:, :top]
+        out = []
+        for i in range(n_rows):
+            reasons = []
+            for j in order[i]:
+                value = inputs[names[j]][i]
+                if isinstance(value, float):  # a number (numpy's): NaN means it was missing
+                    value = None if value != value else float(value)
+                reasons.append({"feature": names[j], "value": value, "contribution": float(shap[i, j])})
+            out.append(reasons)
+        return out
 
     def _predict_features_data(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         from catboost import FeaturesData
@@ -102,6 +128,10 @@ class ServingModel:
         )
         # One thread: for one row threads only add start-up cost, and a worker per core already uses them all.
         return self.model.predict(data, prediction_type="Probability", thread_count=1)[:, 1]
+
+    def decide_one(self, score: float) -> str:
+        """``decline`` when the score reaches the stored threshold, else ``approve``."""
+        return DECLINE if score >= self.threshold else APPROVE
 
     def decide(self, scores: np.ndarray) -> list[str]:
         """``decline`` where a score reaches the stored threshold (the contract's rule), else ``approve``."""

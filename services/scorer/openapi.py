@@ -53,6 +53,8 @@ class Operation:
     request: type[BaseModel]
     response: type[BaseModel]
     errors: Mapping[int, ErrorCase]
+    # OpenAPI parameter objects (query parameters, say).
+    parameters: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def openapi_fragment(api: ApiDescription) -> dict[str, Any]:
             },
             "responses": responses,
         }
+        if operation.parameters:
+            post["parameters"] = [dict(p) for p in operation.parameters]
         if api.api_key_header:
             post["security"] = [{API_KEY_SCHEME: []}]
         paths[operation.path] = {"post": post}

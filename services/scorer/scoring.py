@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,8 +31,19 @@ if TYPE_CHECKING:
     from services.scorer.metrics import ScorerMetrics
     from services.scorer.model import ServingModel
     from services.scorer.online_features import FeatureReader
+    from services.scorer.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
+
+
+class Reason(BaseModel):
+    """One feature's part in a score."""
+
+    feature: str
+    value: float | str | None = Field(description="The value the model received (null: missing).")
+    contribution: float = Field(
+        description="Its SHAP value: signed, in log-odds; positive pushes towards fraud."
+    )
 
 
 class ScoreResult(BaseModel):
@@ -50,6 +62,10 @@ class ScoreResult(BaseModel):
     stale_features: list[str] = Field(description="Model features older than their feature view's TTL.")
     unknown_entities: list[str] = Field(
         description="Entities (customer, merchant) the online store has never seen."
+    )
+    reasons: list[Reason] | None = Field(
+        None,
+        description="With ?explain=N: the N features that moved this score most, largest contribution first.",
     )
 
 
@@ -103,6 +119,27 @@ class DecisionPublisher:
             ) from error
 
 
+@dataclass(frozen=True)
+class Models:
+    """The models requests are decided with, replaced as a whole between requests (``OnlineScoring.swap``).
+
+    ``challenger`` (the registry's ``challenger`` alias, when set) decides for the canary's customers and scores
+    the other transactions in the shadow; ``baked`` says the champion is the bento's own copy, not one read
+    from the registry.
+    """
+
+    champion: ServingModel
+    challenger: ServingModel | None = None
+    baked: bool = False
+
+
+def in_share(key: Any, share: float) -> bool:
+    """Whether ``key`` falls in the first ``share`` of a stable hash space (sticky: the same key, the same side)."""
+    if share <= 0:
+        return False
+    return share >= 1 or zlib.crc32(str(key).encode()) % 10_000 < share * 10_000
+
+
 class OnlineScoring:
     """Scores requests end to end; the service's endpoints are thin wrappers around ``score``."""
 
@@ -112,74 +149,137 @@ class OnlineScoring:
         model: ServingModel,
         metrics: ScorerMetrics,
         publisher: DecisionPublisher | None,
+        canary_share: float = 0.0,
+        shadow: ShadowScorer | None = None,
+        baked: bool = False,
     ) -> None:
-        absent = [name for name in model.features if name not in reader.plan.output_names]
-        if absent:
-            raise FeaturesMismatch(
-                f"model {model.name} v{model.version} reads {absent}, which feature service "
-                f"{reader.plan.feature_service!r} does not provide; re-apply the feature repository or rebuild "
-                "the service with a matching model"
-            )
+        check_serves(reader, model)
         self.reader = reader
-        self.model = model
+        self.models = Models(model, baked=baked)
         self.metrics = metrics
         self.publisher = publisher
-        self._model_features = frozenset(model.features)
+        self.canary_share = canary_share
+        self.shadow = shadow
 
-    async def score(self, requests: Sequence[transaction.Transaction]) -> list[dict[str, Any]]:
-        """One answer per request, in order, each decision recorded in the stream first.
+    @property
+    def model(self) -> ServingModel:
+        """The champion deciding now."""
+        return self.models.champion
+
+    def swap(self, models: Models) -> None:
+        """Decide the next requests with ``models``; requests in flight finish with the ones they started with."""
+        self.models = models
+
+    async def score(
+        self, requests: Sequence[transaction.Transaction], explain: int = 0
+    ) -> list[dict[str, Any]]:
+        """One answer per request, in order, each decision recorded in the stream first; with ``explain``, each
+        answer lists the features that moved its score most (``reasons``).
 
         Raises ``OnlineStoreUnavailable`` when the online store or the decision record does not answer.
         """
-        decided = await self.decide(requests, record=self.publisher is not None)
+        decided = await self.decide(requests, record=self.publisher is not None, explain=explain)
         if self.publisher is not None:
             await self.publisher.publish(decided.records)
         return decided.results
 
-    async def decide(self, requests: Sequence[transaction.Transaction], record: bool = True) -> Decided:
+    async def decide(
+        self, requests: Sequence[transaction.Transaction], record: bool = True, explain: int = 0
+    ) -> Decided:
         """Answers and (with ``record``) decision records; publishing them is the caller's, before answering."""
+        models = self.models  # one snapshot: a swap while this batch is scored never mixes two versions in it
+        champion, challenger = models.champion, models.challenger
         rows = transaction.feature_rows(requests)
         times = transaction.event_times(requests)
         ids = transaction.request_ids(requests)
         started = time.perf_counter()
         features = await self.reader.read(rows, times)
         self.metrics.feature_read_seconds.observe(time.perf_counter() - started)
-        scores = self.model.predict(features.columns)
-        decisions = self.model.decide(scores)
-        probabilities = scores.tolist()
-        model_features = self._model_features
+        columns = features.columns
+        deciders = [champion] * len(ids)
+        scores = champion.predict(columns).tolist()
+        canary: list[int] = []
+        if challenger is not None and self.canary_share > 0:
+            canary = [i for i, c in enumerate(rows["customer_id"]) if in_share(c, self.canary_share)]
+            if canary:
+                subset = {name: [values[i] for i in canary] for name, values in columns.items()}
+                for i, score in zip(canary, challenger.predict(subset).tolist(), strict=True):
+                    scores[i], deciders[i] = score, challenger
+        decisions = [m.decide_one(s) for m, s in zip(deciders, scores, strict=True)]
+        model_features = frozenset(champion.features)
         missing = [[f for f in row if f in model_features] for row in features.missing]
         stale = [[f for f in row if f in model_features] for row in features.stale]
-        self.metrics.observe_scores(probabilities)
+        self.metrics.observe_scores(scores)
         if any(missing):
             self.metrics.observe_missing(missing)
-        name, version, threshold = self.model.name, self.model.version, self.model.threshold
         results = [
             {
                 "transaction_id": ids[i],
-                "fraud_probability": probabilities[i],
+                "fraud_probability": scores[i],
                 "decision": decisions[i],
-                "threshold": threshold,
-                "model_name": name,
-                "model_version": version,
+                "threshold": deciders[i].threshold,
+                "model_name": deciders[i].name,
+                "model_version": deciders[i].version,
                 "missing_features": missing[i],
                 "stale_features": stale[i],
                 "unknown_entities": features.unknown_entities[i],
             }
             for i in range(len(ids))
         ]
+        if explain:
+            self._explain(results, columns, deciders, champion, challenger, explain)
         records: list[dict[bytes, bytes]] = []
         if record:
             source = self.publisher.source if self.publisher is not None else "scorer"
             scored_at = datetime.now(UTC)
-            inputs = self.model.model_input(features.columns)
+            inputs = champion.model_input(columns)
             names = list(inputs)
             # Numbers as floats (NaN is written as null), categories as text: what the model received.
-            columns = [v.tolist() if hasattr(v, "tolist") else v for v in inputs.values()]
-            for request, result, values in zip(requests, results, zip(*columns, strict=True), strict=True):
-                decision = decision_json(result, scored_at, dict(zip(names, values, strict=True)))
+            values = [v.tolist() if hasattr(v, "tolist") else v for v in inputs.values()]
+            for request, result, row in zip(requests, results, zip(*values, strict=True), strict=True):
+                decision = decision_json(result, scored_at, dict(zip(names, row, strict=True)))
                 records.append(encode(transaction_json(request), source, decision))
+        if challenger is not None and self.shadow is not None:
+            # The model that did not decide scores each transaction after the answer, off the request path.
+            self.shadow.submit(
+                requests, columns, [challenger if d is champion else champion for d in deciders]
+            )
         return Decided(results, records)
+
+    @staticmethod
+    def _explain(
+        results: list[dict[str, Any]],
+        columns: dict[str, list[Any]],
+        deciders: list[ServingModel],
+        champion: ServingModel,
+        challenger: ServingModel | None,
+        top: int,
+    ) -> None:
+        for model in (champion, challenger):
+            if model is None:
+                continue
+            mine = [i for i, d in enumerate(deciders) if d is model]
+            if not mine:
+                continue
+            subset = {name: [values[i] for i in mine] for name, values in columns.items()}
+            for i, reasons in zip(mine, model.explain(subset, top), strict=True):
+                results[i]["reasons"] = reasons
+
+
+def check_serves(reader: FeatureReader, model: ServingModel) -> None:
+    """Refuse a model the service cannot feed: another feature service, or features the reader does not read."""
+    if model.contract.feature_service != reader.plan.feature_service:
+        raise FeaturesMismatch(
+            f"model {model.name} v{model.version} was trained on feature service "
+            f"{model.contract.feature_service!r}; this service reads {reader.plan.feature_service!r}"
+        )
+    absent = [name for name in model.features if name not in reader.plan.output_names]
+    if absent:
+        raise FeaturesMismatch(
+            f"model {model.name} v{model.version} reads {absent}, which feature service "
+            f"{reader.plan.feature_service!r} does not provide; re-apply the feature repository or rebuild "
+            "the service with a matching model"
+        )
 
 
 class CoalescingScorer:

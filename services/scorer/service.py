@@ -22,6 +22,7 @@ OpenAPI document at ``/docs.json`` and among the routes of ``/schema.json`` that
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -133,9 +134,15 @@ async def score(request: Request) -> Response:
         transaction = Transaction.model_validate_json(body)
     except ValidationError as error:
         return invalid_request(error)
+    explain = service.explain_count(request)
+    if isinstance(explain, Response):
+        return explain
     try:
-        # Concurrent single requests share Redis round trips and CatBoost calls (see CoalescingScorer).
-        results = await service.coalescer.score([transaction])
+        if explain:
+            results = await service.scoring.score([transaction], explain=explain)
+        else:
+            # Concurrent single requests share Redis round trips and CatBoost calls (see CoalescingScorer).
+            results = await service.coalescer.score([transaction])
     except OnlineStoreUnavailable as error:
         return service.unavailable(error)
     return json_response(results[0])
@@ -153,8 +160,11 @@ async def score_batch(request: Request) -> Response:
         batch = TransactionBatch.model_validate_json(body, context={"max_batch_size": service.max_batch_size})
     except ValidationError as error:
         return invalid_request(error)
+    explain = service.explain_count(request)
+    if isinstance(explain, Response):
+        return explain
     try:
-        results = await service.scoring.score(batch.transactions)
+        results = await service.scoring.score(batch.transactions, explain=explain)
     except OnlineStoreUnavailable as error:
         return service.unavailable(error)
     return json_response({"results": results})
@@ -199,11 +209,16 @@ class OnlineScorer:
         from services.scorer.metrics import scorer_metrics
         from services.scorer.model import load_serving_model
         from services.scorer.online_features import RedisFeatureReader, open_feature_reader
+        from services.scorer.rollout import ModelFollower
         from services.scorer.scoring import CoalescingScorer, DecisionPublisher, OnlineScoring
+        from services.scorer.shadow import ShadowScorer
 
         settings = get_service_settings()
         self.max_batch_size = settings.max_batch_size
+        self.max_explained = settings.max_explained_features
         self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        # The bento's own copy of the champion: the service starts with it even when the registry is down, then
+        # follows the registry's aliases (services/scorer/rollout.py).
         model = load_serving_model(settings, in_bento=OnlineScorer.bento is not None)
         if model.contract.feature_service != settings.feature_service:
             logger.warning(
@@ -216,7 +231,7 @@ class OnlineScorer:
         reader = open_feature_reader(settings, model.contract.feature_service)
         metrics = scorer_metrics()
         metrics.set_model(model.name, model.version)
-        publisher = None
+        publisher = shadow = None
         if not settings.publish_decisions:
             logger.warning(
                 "decisions are not published (RTML_PUBLISH_DECISIONS=false): no decision record, no traffic log"
@@ -231,8 +246,21 @@ class OnlineScorer:
             publisher = DecisionPublisher(
                 reader.client, settings.stream("transactions"), settings.stream_max_length
             )
-        self.scoring = OnlineScoring(reader, model, metrics, publisher)
+            if settings.shadow_share > 0:
+                shadow = ShadowScorer(
+                    reader.client,
+                    settings.stream("shadow"),
+                    settings.stream_max_length,
+                    settings.shadow_share,
+                )
+        self.scoring = OnlineScoring(
+            reader, model, metrics, publisher, canary_share=settings.canary_share, shadow=shadow, baked=True
+        )
         self.coalescer = CoalescingScorer(self.scoring)
+        self.follower = (
+            ModelFollower(self.scoring, settings, metrics) if settings.model_poll_seconds > 0 else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
         # Pay CatBoost's first-call costs now rather than on the first request.
         model.predict({name: [None] for name in model.features})
         self._interpreter_defaults: tuple[tuple[int, int, int], float] | None = None
@@ -242,9 +270,23 @@ class OnlineScorer:
         """Runs once the service and its routes exist: everything alive now lives as long as the process."""
         self._interpreter_defaults = tune_interpreter()
 
+    @bentoml.on_startup
+    async def follow_the_registry(self) -> None:
+        """Start following the registry's aliases and shadow scoring, in this worker's event loop."""
+        loop = asyncio.get_running_loop()
+        if self.follower is not None:
+            self._tasks.append(loop.create_task(self.follower.run()))
+        if self.scoring.shadow is not None:
+            self._tasks.append(loop.create_task(self.scoring.shadow.run()))
+
     @bentoml.on_shutdown
     async def close(self) -> None:
-        """Close connections (BentoML's shutdown hook); every answered decision is in the stream already."""
+        """Stop following the registry, record the shadow scores queued, close connections (BentoML's shutdown
+        hook); every answered decision is in the stream already."""
+        for task in self._tasks:
+            task.cancel()
+        if self.scoring.shadow is not None:
+            await self.scoring.shadow.flush()
         await self.scoring.reader.close()
         if self._interpreter_defaults is not None:
             thresholds, switch_interval = self._interpreter_defaults
@@ -260,6 +302,19 @@ class OnlineScorer:
     @property
     def requires_api_key(self) -> bool:
         return self._api_key is not None
+
+    def explain_count(self, request: Request) -> int | Response:
+        """The ``explain`` query parameter: how many contributing features each answer lists (0: none)."""
+        raw = request.query_params.get("explain")
+        if raw is None:
+            return 0
+        if not raw.isdigit() or not 1 <= int(raw) <= self.max_explained:
+            return error_response(
+                422,
+                "invalid request",
+                [{"field": "explain", "reason": f"must be a whole number from 1 to {self.max_explained}"}],
+            )
+        return int(raw)
 
     def authorize(self, request: Request) -> Response | None:
         """None when the request may proceed; 401 when an API key is configured and not presented."""
@@ -310,6 +365,14 @@ def describe_scoring_api() -> ApiDescription:
             },
         )
     batch_limit = MAX_SCORE_BYTES + service.max_batch_size * MAX_BYTES_PER_TRANSACTION
+    explain = {
+        "name": "explain",
+        "in": "query",
+        "required": False,
+        "description": "List this many features that moved each score most, with their values and signed "
+        "contributions (CatBoost's SHAP values, in log-odds), as `reasons`.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": service.max_explained},
+    }
     return ApiDescription(
         service=OnlineScorer.name,
         operations=(
@@ -320,6 +383,7 @@ def describe_scoring_api() -> ApiDescription:
                 Transaction,
                 ScoreResult,
                 {**common, 413: ErrorCase(f"The body is larger than {MAX_SCORE_BYTES} bytes.")},
+                parameters=(explain,),
             ),
             Operation(
                 "/score_batch",
@@ -334,6 +398,7 @@ def describe_scoring_api() -> ApiDescription:
                         f"larger than {batch_limit} bytes."
                     ),
                 },
+                parameters=(explain,),
             ),
         ),
         error=ErrorBody,

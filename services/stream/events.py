@@ -6,7 +6,8 @@ An entry of a Redis stream is a map of fields; ours are:
   format gets a new name, and consumers learn it before producers send it.
 - ``source``: who published it: ``scorer`` (``POST /score`` and ``/score_batch``, after scoring),
   ``stream-scorer`` (stream scoring), ``upstream`` (systems that decided elsewhere, through
-  ``python -m services.stream.publish``) or ``backfill`` (the batch pipeline's recent history).
+  ``python -m services.stream.publish``), ``backfill`` (the batch pipeline's recent history), or ``shadow``
+  (in the shadow stream only: the score of the model that did not decide, ``services/scorer/shadow.py``).
 - ``transaction``: JSON, exactly the body ``POST /score`` takes (``services/scorer/transaction.py``):
   ``{"transaction_id", "customer_id", "merchant_id", "amount", "timestamp", "channel"}``, the timestamp in
   ISO 8601 with a time zone.
@@ -30,7 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from services.scorer.transaction import Transaction
 
 SCHEMA = "transaction.v1"
-SOURCES = ("scorer", "stream-scorer", "upstream", "backfill")
+SOURCES = ("scorer", "stream-scorer", "upstream", "backfill", "shadow")
 # Where a transaction came from, when it was already decided elsewhere (no decision in the event).
 UNDECIDED_SOURCES = frozenset({"upstream", "backfill"})
 

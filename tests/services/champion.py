@@ -55,8 +55,16 @@ def sample_rows(
     }
 
 
-def log_champion(settings: Settings, rows: dict[str, list[Any]], experiment: str = "service-tests") -> str:
-    """Train CatBoost on the online features of ``rows``, register it and make it champion; returns its version."""
+def log_champion(
+    settings: Settings,
+    rows: dict[str, list[Any]],
+    experiment: str = "service-tests",
+    seed: int = 0,
+    promote: bool = True,
+    feature_service: str | None = None,
+) -> str:
+    """Train CatBoost on the online features of ``rows``, register it and (by default) make it champion; returns
+    its version. ``seed`` gives another model; ``feature_service`` another contract (a version to refuse)."""
     import mlflow
     from catboost import CatBoostClassifier
 
@@ -67,7 +75,7 @@ def log_champion(settings: Settings, rows: dict[str, list[Any]], experiment: str
     names, categorical = feature_names(settings)
     frame = online_feature_frame(settings, rows)
     # A label the features explain (big amounts relative to habit, online, at night), plus noise.
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     logit = (
         1.5 * np.log1p(frame["amount_to_mean_7d"].astype(float).fillna(1.0))
         + 1.0 * (frame["channel"] == "online")
@@ -78,13 +86,13 @@ def log_champion(settings: Settings, rows: dict[str, list[Any]], experiment: str
     labels = (logit > 0).astype(int)
     inputs = prepare_features(frame, names, categorical)
     model = CatBoostClassifier(
-        iterations=40, depth=4, random_seed=0, verbose=False, cat_features=categorical, thread_count=1
+        iterations=40, depth=4, random_seed=seed, verbose=False, cat_features=categorical, thread_count=1
     )
     model.fit(inputs, labels)
     contract = ModelContract(
         decision_threshold=TEST_THRESHOLD,
         target_fpr=0.05,
-        feature_service=settings.feature_service,
+        feature_service=feature_service or settings.feature_service,
         features=names,
         categorical_features=categorical,
     )
@@ -92,10 +100,15 @@ def log_champion(settings: Settings, rows: dict[str, list[Any]], experiment: str
     experiment_id = ensure_experiment(client, settings, experiment)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         info = mlflow.catboost.log_model(
-            model, name="model", metadata=contract.model_dump(), pip_requirements=["catboost"]
+            model,
+            name="model",
+            metadata=contract.model_dump(),
+            input_example=inputs.head(5),
+            pip_requirements=["catboost"],
         )
     version = registry.register_challenger(info.model_uri, contract, settings, run_id=run.info.run_id)
-    registry.promote(str(version.version), "service test champion", settings)
+    if promote:
+        registry.promote(str(version.version), "service test champion", settings)
     return str(version.version)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.local.servers import kill_tree
 from model_store.profiles import ProfileStore
 from model_store.registry import load_champion
 from model_store.settings import REPO_ROOT, Settings, clear_settings
@@ -105,7 +105,7 @@ def server(
         yield served
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_tree(process.pid)
             process.wait(10)
         redis_server.stop()
 
@@ -215,8 +215,9 @@ def test_a_sigkill_after_answering_loses_no_decision(server: Server, http_settin
         payload = transaction(customers[i % 5], merchants[i % 5], 20 + i, transaction_id=f"kill-{i}")
         assert score(server, payload).status_code == 200
         answered.append(payload["transaction_id"])
-    os.killpg(server.process.pid, signal.SIGKILL)
+    killed = kill_tree(server.process.pid)
     server.process.wait(10)
+    assert len(killed) >= 2, "the server and its worker"
 
     client = redis.Redis.from_url(server.redis.url)
     stream = http_settings.stream("transactions")

@@ -12,7 +12,7 @@ from services.scorer.metrics import BULK_OBSERVE_ROWS, SCORE_BUCKETS, ScorerMetr
 def score_metrics() -> tuple[ScorerMetrics, CollectorRegistry]:
     registry = CollectorRegistry()
     histogram = Histogram("fraud_score", "scores", buckets=SCORE_BUCKETS, registry=registry)
-    return ScorerMetrics(None, None, histogram, None), registry
+    return ScorerMetrics(None, None, histogram, None, None, None), registry
 
 
 def test_a_batch_of_scores_fills_the_histogram_as_single_observations_do() -> None:

@@ -1,0 +1,177 @@
+"""The service follows the registry: a moved alias reaches traffic without a restart or a new bento.
+
+Every ``model_poll_seconds`` each service worker reads the registered model's aliases (one registry call, in a
+thread). When ``champion`` or ``challenger`` points to a version the worker does not serve, the version is
+loaded in the background and checked before it may decide anything:
+
+- its contract's feature service is the one the service reads, and every feature it reads is provided;
+- it scores the input example logged with it, through the serving path, with finite probabilities equal to
+  what the model gives offline on the same rows.
+
+A version that passes is swapped in between requests (``OnlineScoring.swap``: a request decides with the models
+it started with); one that fails is refused loudly (an error log line naming the reason, the
+``model_swaps_total{outcome="refused"}`` metric) and the current models keep serving; readiness is not touched.
+The same version is not tried again until an alias moves. With the registry unreachable, the worker keeps
+what it serves (at start, the bento's baked model) and says so once.
+
+The bound from an alias move to the first decision by the new version is ``model_poll_seconds`` plus the load
+and check (a second or two): 10 s with the default poll of 5 s (docs/deployment.md, Model rollout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from model_store.registry import CHALLENGER, CHAMPION
+
+if TYPE_CHECKING:
+    from services.scorer.metrics import ScorerMetrics
+    from services.scorer.model import ServingModel
+    from services.scorer.scoring import OnlineScoring
+    from services.scorer.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRefused(ValueError):
+    """A registry version this service cannot serve; the message says why."""
+
+
+def load_version(settings: ServiceSettings, version: str) -> ServingModel:
+    """A registry version as a ``ServingModel``, checked against its logged input example."""
+    import numpy as np
+
+    from model_store.registry import load_input_example, load_scorer
+    from services.scorer.model import ServingModel
+
+    scorer = load_scorer(version, settings)
+    model = ServingModel(scorer.model, scorer.name, scorer.version, scorer.contract)
+    example = load_input_example(version, settings)
+    if example is None or len(example) == 0:
+        raise ModelRefused(f"{model.name} v{version} has no input example to check it on")
+    offline = scorer.score(example)
+    columns = {
+        name: [None if isinstance(v, float) and math.isnan(v) else v for v in example[name].tolist()]
+        for name in model.features
+    }
+    served = model.predict(columns)
+    if not np.all(np.isfinite(served)) or not np.all((served >= 0) & (served <= 1)):
+        raise ModelRefused(f"{model.name} v{version} scores its input example outside [0, 1]: {served[:5]}")
+    if not np.allclose(served, offline, atol=1e-6):
+        raise ModelRefused(
+            f"{model.name} v{version} scores its input example differently served ({served[:3]}) and offline "
+            f"({offline[:3]})"
+        )
+    return model
+
+
+class ModelFollower:
+    """Keeps an ``OnlineScoring``'s champion and challenger on the registry's aliases (see the module docstring)."""
+
+    def __init__(
+        self,
+        scoring: OnlineScoring,
+        settings: ServiceSettings,
+        metrics: ScorerMetrics,
+        load: Any = load_version,
+    ) -> None:
+        self.scoring = scoring
+        self.settings = settings
+        self.metrics = metrics
+        self.load = load
+        self.interval = settings.model_poll_seconds
+        self._refused: dict[str, str] = {}
+        self._unreachable = False
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await self.poll()
+            await asyncio.sleep(self.interval)
+
+    async def poll(self) -> None:
+        """Read the aliases once and move to what they name (loading in a thread; nothing raised)."""
+        from model_store.registry import aliases
+
+        try:
+            current = await asyncio.to_thread(aliases, self.settings)
+        except Exception as error:  # any failure to reach the registry: keep serving what we serve
+            if not self._unreachable:
+                models = self.scoring.models
+                kind = "the bento's baked" if models.baked else "its last loaded"
+                logger.warning(
+                    "model registry at %s unreachable (%s): serving %s v%s, %s version",
+                    self.settings.mlflow_tracking_uri,
+                    error,
+                    models.champion.name,
+                    models.champion.version,
+                    kind,
+                )
+                self._unreachable = True
+            self.metrics.registry_up.set(0)
+            return
+        if self._unreachable:
+            logger.info("model registry at %s reachable again", self.settings.mlflow_tracking_uri)
+            self._unreachable = False
+        self.metrics.registry_up.set(1)
+        await self.follow(current.get(CHAMPION), current.get(CHALLENGER))
+
+    async def follow(self, champion: str | None, challenger: str | None) -> None:
+        models = self.scoring.models
+        if champion is not None and champion != models.champion.version:
+            loaded = await self._load(CHAMPION, champion)
+            if loaded is not None:
+                previous = models.champion
+                models = replace(self.scoring.models, champion=loaded, baked=False)
+                self.scoring.swap(models)
+                self.metrics.set_model(loaded.name, loaded.version, previous.version)
+                logger.info(
+                    "champion %s: v%s -> v%s, swapped without a restart",
+                    loaded.name,
+                    previous.version,
+                    loaded.version,
+                )
+        current = self.scoring.models.challenger
+        if challenger is None or challenger == self.scoring.models.champion.version:
+            if current is not None:
+                self.scoring.swap(replace(self.scoring.models, challenger=None))
+                logger.info("no challenger any more: shadow and canary off")
+        elif current is None or current.version != challenger:
+            loaded = await self._load(CHALLENGER, challenger)
+            if loaded is not None:
+                self.scoring.swap(replace(self.scoring.models, challenger=loaded))
+                logger.info(
+                    "challenger %s v%s loaded: it scores in the shadow and decides the canary",
+                    loaded.name,
+                    loaded.version,
+                )
+
+    async def _load(self, alias: str, version: str) -> ServingModel | None:
+        if self._refused.get(alias) == version:
+            return None
+        from services.scorer.scoring import check_serves
+
+        try:
+            model = await asyncio.to_thread(self.load, self.settings, version)
+            check_serves(self.scoring.reader, model)
+        except (
+            Exception
+        ) as error:  # any failure to load or check: refused, and the current models keep serving
+            self._refused[alias] = version
+            self.metrics.model_swaps.labels(outcome="refused").inc()
+            logger.error(
+                "refused %s v%s (%s): %s; still serving v%s",
+                alias,
+                version,
+                type(error).__name__,
+                error,
+                self.scoring.models.champion.version,
+            )
+            return None
+        self._refused.pop(alias, None)
+        self.metrics.model_swaps.labels(outcome="loaded").inc()
+        return model

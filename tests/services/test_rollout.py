@@ -1,0 +1,225 @@
+"""The service follows the registry's aliases without a restart; shadow, canary and reason codes.
+
+Against a real MLflow registry (SQLite) of the module's own, with its own registered model, so the shared test
+champion's aliases never move under other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from model_store import registry
+from model_store.settings import Settings, clear_settings
+from services.scorer.transaction import Transaction
+from tests.services.champion import log_champion, sample_rows
+from tests.services.conftest import install_env, known_ids, transaction
+
+MODEL = "rollout_test_scorer"
+
+
+@pytest.fixture(scope="module")
+def rollout_env(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The served features, a registry of the module's own holding v1 (champion, baked into the BentoML store)."""
+    from services.scorer.model import save_bento_model
+
+    home = tmp_path_factory.mktemp("rollout")
+    env = {
+        **served_env,
+        "RTML_MODEL_NAME": MODEL,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "BENTOML_HOME": str(home / "bentoml"),
+        "RTML_MODEL_POLL_SECONDS": "0.2",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        settings = install_env(env, mp)
+        customers, merchants = known_ids(settings)
+        log_champion(settings, sample_rows(customers, merchants, 300, seed=3, now=int(time.time())), seed=0)
+        save_bento_model(registry.load_champion(settings), settings)
+        clear_settings()
+    return env
+
+
+@pytest.fixture
+def rollout_settings(rollout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    settings = install_env(rollout_env, monkeypatch)
+    yield settings
+    registry.promote("1", "back to v1 for the next test", settings)
+    clear_settings()
+
+
+def requests_for(settings: Settings, n: int, prefix: str) -> list[Transaction]:
+    customers, merchants = known_ids(settings)
+    return [
+        Transaction.model_validate(
+            transaction(
+                customers[i % len(customers)],
+                merchants[i % len(merchants)],
+                i % 50,
+                transaction_id=f"{prefix}-{i}",
+            )
+        )
+        for i in range(n)
+    ]
+
+
+def new_version(settings: Settings, seed: int, **change: Any) -> str:
+    customers, merchants = known_ids(settings)
+    rows = sample_rows(customers, merchants, 300, seed=seed, now=int(time.time()))
+    return log_champion(settings, rows, seed=seed, promote=False, **change)
+
+
+def test_a_promoted_version_decides_without_a_restart_and_rollback_is_followed(
+    rollout_settings: Settings,
+) -> None:
+    from services.scorer.service import OnlineScorer
+
+    service = OnlineScorer()
+    assert service.scoring.models.baked and service.scoring.model.version == "1"
+    v2 = new_version(rollout_settings, seed=5)
+    requests = requests_for(rollout_settings, 30, "swap")
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        await service.follower.poll()  # v2 registered as challenger: loaded for the shadow, v1 decides
+        assert service.scoring.models.challenger is not None
+        assert service.scoring.models.challenger.version == v2
+        registry.promote(v2, "rollout test", rollout_settings)
+        # Requests keep coming while the worker loads and swaps: none fails, and the version changes.
+        poll = asyncio.create_task(service.follower.poll())
+        while not poll.done():
+            seen += [r["model_version"] for r in await service.scoring.score(requests[:3])]
+            await asyncio.sleep(0)
+        await poll
+        seen += [r["model_version"] for r in await service.scoring.score(requests)]
+        assert service.scoring.model.version == v2 and not service.scoring.models.baked
+        registry.rollback(settings=rollout_settings)
+        await service.follower.poll()
+        seen += [r["model_version"] for r in await service.scoring.score(requests)]
+        await service.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[-1] == "1" and v2 in seen and set(seen) == {"1", v2}
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("model_version_info", {"model_name": MODEL, "model_version": "1"}) == 1.0
+
+
+def test_a_version_that_fails_its_check_is_refused_and_the_old_one_keeps_serving(
+    rollout_settings: Settings,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from services.scorer.service import OnlineScorer
+
+    service = OnlineScorer()
+    refused_before = REGISTRY.get_sample_value("model_swaps_total", {"outcome": "refused"}) or 0
+    broken = new_version(rollout_settings, seed=6, feature_service="another_feature_service")
+    registry.promote(broken, "a broken version", rollout_settings)
+
+    async def scenario() -> list[dict[str, Any]]:
+        await service.follower.poll()
+        await service.follower.poll()  # not tried again until an alias moves
+        ready = await service.__is_ready__()
+        answers = await service.scoring.score(requests_for(rollout_settings, 5, "refused"))
+        await service.close()
+        assert ready
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert {a["model_version"] for a in answers} == {"1"}
+    assert (REGISTRY.get_sample_value("model_swaps_total", {"outcome": "refused"}) or 0) == refused_before + 1
+
+
+def test_the_challenger_scores_in_the_shadow_and_decides_the_canary(
+    rollout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.scorer.service import OnlineScorer
+    from services.stream.events import decode
+
+    settings = install_env(rollout_env, monkeypatch, canary_share="0.5")
+    try:
+        challenger = new_version(settings, seed=7)
+        service = OnlineScorer()
+        requests = requests_for(settings, 60, "canary")
+
+        async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            await service.follower.poll()
+            first = await service.scoring.score(requests)
+            again = await service.scoring.score(requests)
+            await service.scoring.shadow.flush()
+            await service.close()
+            return first, again
+
+        first, again = asyncio.run(scenario())
+        by_customer: dict[int, set[str]] = {}
+        for request, answer in zip(requests * 2, first + again, strict=True):
+            by_customer.setdefault(request.customer_id, set()).add(answer["model_version"])
+        # Sticky: each customer always gets the same model; about half get the challenger.
+        assert all(len(versions) == 1 for versions in by_customer.values())
+        share = np.mean([versions == {challenger} for versions in by_customer.values()])
+        assert 0.2 < share < 0.8
+        client = redis.Redis.from_url(settings.redis_url)
+        shadow = [decode(i, f) for i, f in client.xrange(settings.stream("shadow"))]
+        client.close()
+        shadowed = {
+            e.transaction.transaction_id: e.decision
+            for e in shadow
+            if e.transaction.transaction_id.startswith("canary-")
+        }
+        assert set(shadowed) == {r.transaction_id for r in requests}
+        for request, answer in zip(requests, first, strict=True):
+            # The shadow holds the model that did not decide.
+            expected = "1" if answer["model_version"] == challenger else challenger
+            assert shadowed[request.transaction_id].model_version == expected
+    finally:
+        registry.promote("1", "back to v1", settings)
+        with __import__("contextlib").suppress(Exception):
+            registry.mlflow_client(settings).delete_registered_model_alias(MODEL, registry.CHALLENGER)
+
+
+def test_reason_codes_equal_catboosts_shap_values_offline(rollout_settings: Settings) -> None:
+    from catboost import Pool
+
+    from model_store.scorer import prepare_features
+    from services.scorer.service import OnlineScorer
+    from tests.services.champion import online_feature_frame
+
+    service = OnlineScorer()
+    requests = requests_for(rollout_settings, 8, "explain")
+
+    async def scenario() -> list[dict[str, Any]]:
+        answers = await service.scoring.score(requests, explain=4)
+        await service.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    model = service.scoring.model
+    rows = {
+        "customer_id": [r.customer_id for r in requests],
+        "merchant_id": [r.merchant_id for r in requests],
+        "amount": [r.amount for r in requests],
+        "channel": [r.channel for r in requests],
+        "transaction_unix": [int(r.timestamp.timestamp()) for r in requests],
+    }
+    frame = prepare_features(online_feature_frame(rollout_settings, rows), model.features, model.categorical)
+    order = list(model.model.feature_names_)
+    shap = model.model.get_feature_importance(
+        data=Pool(frame[order], cat_features=model.categorical), type="ShapValues"
+    )
+    for i, answer in enumerate(answers):
+        reasons = answer["reasons"]
+        assert len(reasons) == 4
+        expected = sorted(range(len(order)), key=lambda j: -abs(shap[i, j]))[:4]
+        assert [r["feature"] for r in reasons] == [order[j] for j in expected]
+        assert [r["contribution"] for r in reasons] == pytest.approx([shap[i, j] for j in expected], abs=1e-9)
+        # Contributions in log-odds: all of them and the expected value give the raw score of the answer.
+        raw = shap[i].sum()
+        assert 1 / (1 + np.exp(-raw)) == pytest.approx(answer["fraud_probability"], abs=1e-9)
