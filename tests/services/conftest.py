@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pandas as pd
 import pytest
 import redis
 
-from deploy.local.servers import free_port
+from deploy.local.servers import free_port, kill_tree
 from model_store import libraries
-from model_store.settings import Settings, clear_settings, get_settings
+from model_store.settings import REPO_ROOT, Settings, clear_settings, get_settings
 from tests.services.champion import log_champion, sample_rows
 
 if TYPE_CHECKING:
@@ -219,6 +222,66 @@ def scorer_client(env: dict[str, str], **overrides: str) -> Iterator[TestClient]
         with TestClient(scorer_app()) as client:
             yield client
         clear_settings()
+
+
+class Server:
+    """A ``bentoml serve`` process of the service, its base URL, its log and (when it has one) its own Redis."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, redis_server: RedisServer | None, log: Path
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.redis = redis_server
+        self.log = log
+
+    def wait_ready(self, seconds: float = 120.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"service not ready in {seconds}s: {self.log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def bentoml_serve(
+    env: dict[str, str], workdir: Path, redis_server: RedisServer | None = None
+) -> Iterator[Server]:
+    """The service in a ``bentoml serve`` subprocess with ``env`` (its whole process tree killed at the end)."""
+    port = free_port()
+    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT), "BENTOML_DO_NOT_TRACK": "true"}
+    log = workdir / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "bentoml"),
+                "serve",
+                "services.scorer.service:OnlineScorer",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    served = Server(process, f"http://127.0.0.1:{port}", redis_server, log)
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        if process.poll() is None:
+            kill_tree(process.pid)
+            process.wait(10)
 
 
 def transaction(customer: int, merchant: int, n: int = 0, **change: Any) -> dict[str, Any]:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,42 +11,18 @@ import pytest
 from deploy.local.servers import kill_tree
 from model_store.profiles import ProfileStore
 from model_store.registry import load_champion
-from model_store.settings import REPO_ROOT, Settings, clear_settings
+from model_store.settings import Settings, clear_settings
 from tests.services.conftest import (
     RedisServer,
+    Server,
+    bentoml_serve,
     copy_entity_hashes,
-    free_port,
     install_env,
     known_ids,
     transaction,
 )
 
 KEY = "http-test-key"
-
-
-class Server:
-    """A ``bentoml serve`` process of the service, its base URL and its Redis."""
-
-    def __init__(
-        self, process: subprocess.Popen[bytes], url: str, redis_server: RedisServer, log: Path
-    ) -> None:
-        self.process = process
-        self.url = url
-        self.redis = redis_server
-        self.log = log
-
-    def wait_ready(self, seconds: float = 120.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"service not ready in {seconds}s: {self.log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -72,41 +43,11 @@ def server(
     copy_entity_hashes(
         http_settings, redis_server.url, {"customer_id": customers[:5], "merchant_id": merchants[:5]}
     )
-    port = free_port()
-    env = {
-        **os.environ,
-        **served_env,
-        "RTML_REDIS_URL": redis_server.url,
-        "RTML_API_KEY": KEY,
-        "PYTHONPATH": str(REPO_ROOT),
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
-    log = workdir / "serve.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "bentoml"),
-                "serve",
-                "services.scorer.service:OnlineScorer",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    served = Server(process, f"http://127.0.0.1:{port}", redis_server, log)
+    env = {**served_env, "RTML_REDIS_URL": redis_server.url, "RTML_API_KEY": KEY}
     try:
-        served.wait_ready()
-        yield served
+        with bentoml_serve(env, workdir, redis_server) as served:
+            yield served
     finally:
-        if process.poll() is None:
-            kill_tree(process.pid)
-            process.wait(10)
         redis_server.stop()
 
 
