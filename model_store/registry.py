@@ -145,9 +145,17 @@ def register_challenger(
     if run_id:
         tags["training_run_id"] = run_id
     version = mlflow.register_model(model_uri, settings.model_name, tags=tags)
-    client.set_registered_model_alias(settings.model_name, CHALLENGER, version.version)
-    logger.info("registered %s v%s as %s", settings.model_name, version.version, CHALLENGER)
+    challenge(str(version.version), settings)
     return client.get_model_version(settings.model_name, str(version.version))
+
+
+def challenge(version: str, settings: Settings | None = None) -> None:
+    """Point ``challenger`` at an existing version: serving services shadow it (and canary it, when configured)."""
+    settings = settings or get_settings()
+    client = mlflow_client(settings)
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
+    client.set_model_version_tag(settings.model_name, version, "challenger_since", _now())
+    logger.info("%s v%s is the %s", settings.model_name, version, CHALLENGER)
 
 
 def record_decision(version: str, decision: PromotionDecision, settings: Settings | None = None) -> None:
@@ -293,7 +301,8 @@ def load_champion(settings: Settings | None = None) -> Scorer:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    # Milliseconds: the time an alias moved is what a rollout's swap time is measured from.
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def describe(settings: Settings | None = None) -> list[str]:

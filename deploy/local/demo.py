@@ -32,6 +32,7 @@ import pandas as pd
 
 from deploy.local import servers
 from deploy.local.replay import Replay, processor_caught_up, replay
+from deploy.local.rollout_drill import Probes, follow_the_gate
 from deploy.local.steps import Bar, Steps
 from flows.deployments import TRAINING_PIPELINE, WORK_POOL
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import FlowRun
 
-STEPS = 7
+STEPS = 8
 # The tuning logs one line per hyperparameter trial: the training's progress, in-process or read from the API.
 TRIAL_LOGGER = "flows.training.tuning"
 # Imported while the Prefect server starts; the service build's (BentoML) while DuckDB and CatBoost train the
@@ -684,6 +685,8 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         steps.status("starting a Prefect worker")
         worker_ready()
         steps.status("")
+        # Probe decisions from here on: the gate's promotion, if any, reaches the running service meanwhile.
+        probes = stack.enter_context(Probes(url))
         with steps.progress("waiting for the alerts' training run", total=size.trials, unit="trials") as bar:
             runs = asyncio.run(wait_for_retraining(reported_at, bar))
         retraining.extend(runs)
@@ -706,6 +709,9 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         for line in summary["registry"]:
             steps.result(line)
 
+        steps.step("The running service follows the registry to the gate's champion, without a restart")
+        summary["rollout"] = follow_registry(settings, probes, first["model_version"], steps)
+
         steps.step("Summary")
         summary["seconds"] = time.perf_counter() - started
         summary["bento"] = bento["bento"]
@@ -713,6 +719,39 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         # For machines (the end-to-end test, CI): every step's result.
         (settings.home / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         steps.status("stopping the service, the worker and the Prefect server")
+
+
+def follow_registry(settings: Settings, probes: Probes, served: str, steps: Steps) -> dict[str, Any]:
+    """Probe decisions while the champion moves (the gate's promotion, or a drill): the time from each alias
+    move to the first decision by the new version, and the failed requests meanwhile."""
+    from services.scorer.rollout import swap_bound_seconds
+    from services.scorer.settings import get_service_settings
+
+    steps.status("waiting for the service to decide with the gate's champion")
+    moves = follow_the_gate(probes, served, settings)
+    probes.stop()
+    steps.status("")
+    bound = swap_bound_seconds(get_service_settings())
+    for move in moves:
+        took = f"{move.seconds:.2f} s" if move.seconds is not None else "never, within 60 s"
+        steps.result(
+            f"v{move.from_version} -> v{move.to_version} ({move.why}): first decision by v{move.to_version}"
+            f" {took} after the alias moved (bound {bound:.0f} s); {move.errors} failed requests meanwhile"
+        )
+    if not moves:
+        steps.result("no new version to move to: the service keeps its champion")
+    answers = probes.answers
+    steps.result(
+        f"{len(answers):,} probe decisions from a card of its own, {probes.failed} failed; the last by"
+        f" v{answers[-1].version if answers else '?'}, the registry's champion, with no restart"
+    )
+    return {
+        "moves": [m.as_dict() for m in moves],
+        "probes": len(answers),
+        "failed": probes.failed,
+        "last_version": answers[-1].version if answers else None,
+        "bound_seconds": bound,
+    }
 
 
 def describe_freshness(traffic: dict[str, Any], steps: Steps) -> None:
@@ -761,6 +800,12 @@ def print_summary(settings: Settings, summary: dict[str, Any], api: str, steps: 
     say(f"serving: p50 {traffic['p50_ms']:.2f} ms, p99 {traffic['p99_ms']:.2f} ms one request at a time")
     describe_freshness(traffic, steps)
     say(f"drift verdict: {drift['status']}: {drift['message']}")
+    moves = [m for m in summary["rollout"]["moves"] if m["seconds"] is not None]
+    if moves:
+        say(
+            f"model rollout: {len(moves)} alias move(s) reached traffic in at most"
+            f" {max(m['seconds'] for m in moves):.1f} s, {summary['rollout']['failed']} failed requests, no restart"
+        )
     say(f"reports: {settings.report_store}")
     say(f"full log: {steps.log_path} (Prefect's run logs, our loggers, library warnings)")
     say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
@@ -773,7 +818,7 @@ def print_summary(settings: Settings, summary: dict[str, Any], api: str, steps: 
         say(f"Prefect UI (every run and its logs): {api.removesuffix('/api')}")
     say(
         "call the service: .venv/bin/bentoml serve services.scorer.service:OnlineScorer, then curl -X POST"
-        ' localhost:3000/score -H \'content-type: application/json\' -d \'{"transaction_id": "t1",'
+        " 'localhost:3000/score?explain=3' -H 'content-type: application/json' -d '{\"transaction_id\": \"t1\","
         ' "customer_id": 1, "merchant_id": 1, "amount": 42.0, "timestamp": "2026-01-01T12:00:00Z",'
         ' "channel": "online"}\''
     )

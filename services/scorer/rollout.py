@@ -15,7 +15,8 @@ The same version is not tried again until an alias moves. With the registry unre
 what it serves (at start, the bento's baked model) and says so once.
 
 The bound from an alias move to the first decision by the new version is ``model_poll_seconds`` plus the load
-and check (a second or two): 10 s with the default poll of 5 s (docs/deployment.md, Model rollout).
+and check (a second or two; ``LOAD_SECONDS`` allowed): 10 s with the default poll of 5 s (docs/deployment.md,
+Model rollout).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ if TYPE_CHECKING:
     from services.scorer.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+# Allowed for loading and checking a version (measured: 1-2 s here; a remote registry and artifact store add
+# their download).
+LOAD_SECONDS = 5.0
+
+
+def swap_bound_seconds(settings: ServiceSettings) -> float:
+    """The documented bound from an alias move to the first decision by the new version."""
+    return settings.model_poll_seconds + LOAD_SECONDS
 
 
 class ModelRefused(ValueError):
@@ -123,7 +133,10 @@ class ModelFollower:
     async def follow(self, champion: str | None, challenger: str | None) -> None:
         models = self.scoring.models
         if champion is not None and champion != models.champion.version:
-            loaded = await self._load(CHAMPION, champion)
+            if models.challenger is not None and models.challenger.version == champion:
+                loaded = models.challenger  # promoted: loaded and checked already, shadowing
+            else:
+                loaded = await self._load(CHAMPION, champion)
             if loaded is not None:
                 previous = models.champion
                 models = replace(self.scoring.models, champion=loaded, baked=False)

@@ -86,8 +86,10 @@ def test_step3_and_4_the_built_service_scored_the_stream(demo: DemoRun) -> None:
     traffic = demo.summary["traffic"]
     assert traffic["requests"] > 1_000 and traffic["p50_ms"] > 0
     predictions = pd.concat(pd.read_parquet(p) for p in (demo.home / "profiles").rglob("*.parquet"))
-    # Every decision reached the prediction log exactly once, through the stream and the traffic log.
-    assert predictions["transaction_id"].is_unique and len(predictions) == traffic["requests"]
+    # Every decision (the drifted period's and step 7's probes) reached the prediction log exactly once, through
+    # the stream and the traffic log.
+    probes = demo.summary["rollout"]["probes"]
+    assert predictions["transaction_id"].is_unique and len(predictions) == traffic["requests"] + probes
     # And the raw zone, through the landing writer: the feature pipeline ingested them with their labels.
     landed = pd.concat(
         pd.read_parquet(p) for p in (demo.home / "data" / "raw" / "transactions").glob("stream-*.parquet")
@@ -134,7 +136,18 @@ def test_step6_the_alert_retrained_and_the_gate_decided(demo: DemoRun) -> None:
     assert verdict in {"promoted", "rejected"} and reason
 
 
-def test_step7_summary_tells_where_to_look(demo: DemoRun) -> None:
+def test_step7_the_service_followed_the_registry_without_a_restart(demo: DemoRun) -> None:
+    rollout = demo.summary["rollout"]
+    verdicts = {line.split("\t")[0]: line.split("\t")[2] for line in demo.summary["registry"]}
+    gates_champion = "2" if verdicts["v2"] == "promoted" else "1"
+    # The gate's promotion, or a drill (promote the challenger, roll back): each move reached traffic.
+    assert rollout["moves"] and all(move["seconds"] is not None for move in rollout["moves"])
+    assert rollout["moves"][-1]["to"] == gates_champion == rollout["last_version"]
+    assert rollout["failed"] == 0 and all(move["errors"] == 0 for move in rollout["moves"])
+    assert "failed requests meanwhile" in demo.out
+
+
+def test_step8_summary_tells_where_to_look(demo: DemoRun) -> None:
     assert "MLflow UI" in demo.out and "Prefect UI" in demo.out and str(demo.home / "reports") in demo.out
     assert "Stopped the service and the Prefect server" in demo.out
     # Nothing the demo started is left running.
