@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from model_store.scorer import Scorer
     from model_store.settings import Settings
+    from services.scorer.explanations import LeafShap
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,18 @@ class ServingModel:
         # The model's own column order; each column's default for a missing value and whether it is text.
         self._row_layout = row_layout(trained_on, contract.categorical_features)
         self._categorical_positions = [i for i, (_, _, text) in enumerate(self._row_layout) if text]
+        self._leaf_shap: LeafShap | None = None
+        # Feature columns of the rows logged with the version (set when it is loaded from the registry).
+        self.input_example: dict[str, list[Any]] | None = None
+
+    def prepare_explanations(self, *references: Mapping[str, Sequence[Any]]) -> None:
+        """Make ``explain`` fast: per-leaf SHAP values (``services/scorer/explanations.py``), filled and checked
+        on the rows of ``references`` (feature columns)."""
+        from services.scorer.explanations import LeafShap
+
+        rows = {name: [v for columns in references for v in columns[name]] for name in self.features}
+        if rows[self.features[0]]:
+            self._leaf_shap = LeafShap.build(self.model, self._row_pool(rows, len(rows[self.features[0]])))
 
     def predict(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         """Fraud probability per row; ``None`` values get the training defaults (``model_store.scorer``).
@@ -92,9 +105,11 @@ class ServingModel:
         signed contribution in log-odds (CatBoost's SHAP values: they and the expected value sum to the raw
         score)."""
         n_rows = len(columns[self.features[0]])
-        shap = self.model.get_feature_importance(
-            data=self._row_pool(columns, n_rows), type="ShapValues", thread_count=1
-        )[:, :-1]
+        pool = self._row_pool(columns, n_rows)
+        if self._leaf_shap is not None:
+            shap = self._leaf_shap.shap_values(pool)
+        else:
+            shap = self.model.get_feature_importance(data=pool, type="ShapValues", thread_count=1)[:, :-1]
         names = [name for name, _, _ in self._row_layout]
         inputs = self.model_input(columns)
         order = np.argsort(-np.abs(shap), axis=1, kind="stable")[:, :top]

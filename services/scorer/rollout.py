@@ -76,6 +76,7 @@ def load_version(settings: ServiceSettings, version: str) -> ServingModel:
             f"{model.name} v{version} scores its input example differently served ({served[:3]}) and offline "
             f"({offline[:3]})"
         )
+    model.input_example = columns
     return model
 
 
@@ -95,6 +96,7 @@ class ModelFollower:
         self.load = load
         self.interval = settings.model_poll_seconds
         self._refused: dict[str, str] = {}
+        self._preparing: set[asyncio.Task[None]] = set()
         self._unreachable = False
 
     async def run(self) -> None:
@@ -187,4 +189,18 @@ class ModelFollower:
             return None
         self._refused.pop(alias, None)
         self.metrics.model_swaps.labels(outcome="loaded").inc()
+        self.explain_soon(model)
         return model
+
+    def explain_soon(self, model: ServingModel) -> None:
+        """Prepare the model's reason codes in a thread; until they are ready, CatBoost explains row by row.
+
+        Not awaited: a rollback right after a promotion must not wait for the promoted version's table.
+        """
+        from services.scorer.explanations import prepare_explanations
+
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(prepare_explanations, model, self.settings)
+        )
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)

@@ -272,8 +272,16 @@ class OnlineScorer:
 
     @bentoml.on_startup
     async def follow_the_registry(self) -> None:
-        """Start following the registry's aliases and shadow scoring, in this worker's event loop."""
+        """Prepare the reason codes, start following the registry's aliases and shadow scoring, in this worker's
+        event loop (the preparation in a thread: the service is ready meanwhile)."""
+        from services.scorer.explanations import prepare_explanations
+
         loop = asyncio.get_running_loop()
+        self._tasks.append(
+            loop.create_task(
+                asyncio.to_thread(prepare_explanations, self.scoring.model, get_service_settings())
+            )
+        )
         if self.follower is not None:
             self._tasks.append(loop.create_task(self.follower.run()))
         if self.scoring.shadow is not None:

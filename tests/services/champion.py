@@ -62,9 +62,12 @@ def log_champion(
     seed: int = 0,
     promote: bool = True,
     feature_service: str | None = None,
+    iterations: int = 40,
+    depth: int = 4,
 ) -> str:
     """Train CatBoost on the online features of ``rows``, register it and (by default) make it champion; returns
-    its version. ``seed`` gives another model; ``feature_service`` another contract (a version to refuse)."""
+    its version. ``seed`` gives another model; ``feature_service`` another contract (a version to refuse);
+    ``iterations`` and ``depth`` a model of production size (the benchmarks')."""
     import mlflow
     from catboost import CatBoostClassifier
 
@@ -86,7 +89,12 @@ def log_champion(
     labels = (logit > 0).astype(int)
     inputs = prepare_features(frame, names, categorical)
     model = CatBoostClassifier(
-        iterations=40, depth=4, random_seed=seed, verbose=False, cat_features=categorical, thread_count=1
+        iterations=iterations,
+        depth=depth,
+        random_seed=seed,
+        verbose=False,
+        cat_features=categorical,
+        thread_count=1,
     )
     model.fit(inputs, labels)
     contract = ModelContract(

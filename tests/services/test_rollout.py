@@ -192,10 +192,16 @@ def test_reason_codes_equal_catboosts_shap_values_offline(rollout_settings: Sett
     from catboost import Pool
 
     from model_store.scorer import prepare_features
+    from services.scorer.explanations import prepare_explanations
     from services.scorer.service import OnlineScorer
+    from services.scorer.settings import get_service_settings
     from tests.services.champion import online_feature_frame
 
     service = OnlineScorer()
+    # The per-leaf table the service prepares at start (services/scorer/explanations.py), from an all-missing
+    # row: the answers' leaves are then mostly computed on the way.
+    prepare_explanations(service.scoring.model, get_service_settings())
+    assert service.scoring.model._leaf_shap is not None
     requests = requests_for(rollout_settings, 8, "explain")
 
     async def scenario() -> list[dict[str, Any]]:
