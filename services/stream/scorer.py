@@ -4,8 +4,8 @@
     python -m services.stream.publish --score transactions.csv   # a client
 
 It consumes the ``score-requests`` stream with its own consumer group and scores each transaction exactly as
-``/score`` does: the registry's champion, the same online features read the same way, the same code
-(``OnlineScoring.decide``). Each decision goes, in one Redis transaction with the request's acknowledgement,
+``/score`` does: the registry's champion (followed as the service follows it, ``services/scorer/rollout.py``),
+the same online features read the same way, the same code (``OnlineScoring.decide``). Each decision goes, in one Redis transaction with the request's acknowledgement,
 to the transactions stream (the decision record, which the window processor, the traffic log and the landing
 writer read) and to the ``decisions`` stream the requesting system reads. A crash before that transaction
 leaves the request pending, to be scored again: no decision is lost or recorded twice.
@@ -88,16 +88,31 @@ def open_scoring(settings: StreamSettings) -> OnlineScoring:
 
 
 async def scorer_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
+    from services.scorer.metrics import scorer_metrics
+    from services.scorer.rollout import ModelFollower
+    from services.scorer.settings import get_service_settings
+
     scoring = open_scoring(settings)
     scorer = StreamScorer(
         scoring, settings.stream("transactions"), settings.stream("decisions"), settings.stream_max_length
     )
+    # It follows the registry's champion as the HTTP service does (RTML_MODEL_POLL_SECONDS; no shadow here).
+    following: asyncio.Task[None] | None = None
+    if get_service_settings().model_poll_seconds > 0:
+        follower = ModelFollower(scoring, get_service_settings(), scorer_metrics())
+        following = asyncio.get_running_loop().create_task(follower.run())
+
+    async def release() -> None:
+        if following is not None:
+            following.cancel()
+        await scoring.reader.close()
+
     return Role(
         name="stream-scorer",
         group=GROUP,
         streams=[settings.stream("score-requests")],
         handler=scorer.handle,
-        release=scoring.reader.close,
+        release=release,
     )
 
 

@@ -327,3 +327,24 @@ def test_over_http_under_load_promotions_and_rollbacks_swap_with_no_failed_reque
         explained["reasons"][0]
     )
     assert not_a_count.status_code == 422 and not_a_count.json()["details"][0]["field"] == "explain"
+
+
+def test_stream_scoring_follows_the_champion_too(rollout_settings: Settings) -> None:
+    from services.stream.scorer import scorer_role
+    from services.stream.settings import get_stream_settings
+
+    v2 = new_version(rollout_settings, seed=11)
+
+    async def scenario() -> list[str]:
+        role = await scorer_role(get_stream_settings(), None, asyncio.Event())  # type: ignore[arg-type]
+        scoring = role.handler.__self__.scoring  # type: ignore[attr-defined]
+        seen = [scoring.model.version]
+        registry.promote(v2, "stream scoring follows", rollout_settings)
+        deadline = time.monotonic() + 30
+        while scoring.model.version != v2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        seen.append(scoring.model.version)
+        await role.release()
+        return seen
+
+    assert asyncio.run(scenario()) == ["1", v2]
