@@ -35,7 +35,7 @@ from deploy.local.replay import Replay, processor_caught_up, ranking_figures, re
 from deploy.local.steps import Bar, Steps
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
 from model_store import libraries
-from model_store.settings import Settings, clear_settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings, redacted_url
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -101,11 +101,11 @@ def ensure_online_store(settings: Settings, steps: Steps) -> Settings:
         return settings
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
-        steps.result(f"online store: Redis at {settings.redis_url}")
+        steps.result(f"online store: Redis at {redacted_url(settings.redis_url)}")
         return settings
     except redis.ConnectionError:
         steps.warn(
-            f"No Redis answers at {settings.redis_url}: falling back to Feast's embedded SQLite online store"
+            f"No Redis answers at {redacted_url(settings.redis_url)}: falling back to Feast's embedded SQLite online store"
             " (set RTML_REDIS_URL or start redis-server to use Redis)."
         )
         os.environ["RTML_ONLINE_STORE"] = "sqlite"
