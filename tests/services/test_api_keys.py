@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from services.scorer import api_keys
-from services.scorer.api_keys import ApiKeys
+from services.scorer.api_keys import SLOTS, ApiKeys
 from services.scorer.settings import ServiceSettings
 
 KEYS = ["key-a-0001", "a-much-longer-key-b-0002", "c3"]
@@ -37,10 +37,23 @@ def test_every_key_is_compared_whichever_matches_and_on_equal_lengths(
 ) -> None:
     keys = ApiKeys(SecretStr(k) for k in KEYS)
     assert keys.accept(presented) is accepted
-    # No early exit: as many comparisons for the first key, the last, or none; all of 32-byte digests, so
-    # neither which key matched nor any key's length shows in the time taken.
-    assert len(comparisons) == len(KEYS)
+    # No early exit: as many comparisons for the first key, the last, or none, and as many as with one key; all
+    # of 32-byte digests, so neither which key matched, how many there are, nor any key's length shows.
+    assert len(comparisons) == SLOTS
+    assert {b for _, b in comparisons} >= {api_keys._digest(k) for k in KEYS}
     assert {len(a) for a, _ in comparisons} | {len(b) for _, b in comparisons} == {32}
+
+
+def test_the_number_of_comparisons_does_not_tell_how_many_keys_there_are(
+    comparisons: list[tuple[bytes, bytes]],
+) -> None:
+    for count in (1, 2, SLOTS):
+        comparisons.clear()
+        ApiKeys(SecretStr(f"key-{i}") for i in range(count)).accept("key-0")
+        assert len(comparisons) == SLOTS, count
+    comparisons.clear()
+    ApiKeys(SecretStr(f"key-{i}") for i in range(SLOTS + 2)).accept("other")
+    assert len(comparisons) == SLOTS + 2  # beyond SLOTS, every key still compared
 
 
 def test_no_key_configured_means_no_key_required() -> None:
