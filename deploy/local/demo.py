@@ -103,6 +103,12 @@ def ensure_online_store(settings: Settings, steps: Steps) -> Settings:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
         steps.result(f"online store: Redis at {redacted_url(settings.redis_url)}")
         return settings
+    except redis.AuthenticationError as error:
+        # A Redis that answers and refuses the credentials is a configuration error, not a reason to fall back.
+        raise RuntimeError(
+            f"Redis at {redacted_url(settings.redis_url)} refused the credentials of RTML_REDIS_URL ({error}): "
+            "set the user and password it expects (redis://user:password@host:port/db)"
+        ) from None
     except redis.ConnectionError:
         steps.warn(
             f"No Redis answers at {redacted_url(settings.redis_url)}: falling back to Feast's embedded SQLite online store"
