@@ -211,13 +211,13 @@ def test_no_log_line_or_error_message_of_a_failed_connection_shows_the_password(
         ready, message = asyncio.run(failed_read(reader, rows, event_times))
         assert not ready
         seen.append(message)
-        # Feast's SDK on the same connection string.
-        store = service_settings.feature_store()
-        with pytest.raises(redis.ConnectionError) as feast_error:
-            store.get_online_features(
-                features=store.get_feature_service(service_settings.feature_service), entity_rows=rows
-            )
-        seen.append(str(feast_error.value))
+        if url == refused:  # Feast's SDK on the same connection string (it retries a refused port for ~10 s)
+            store = service_settings.feature_store()
+            with pytest.raises(redis.AuthenticationError) as feast_error:
+                store.get_online_features(
+                    features=store.get_feature_service(service_settings.feature_service), entity_rows=rows
+                )
+            seen.append(str(feast_error.value))
     assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
     assert any("invalid username-password pair" in text for text in seen)
     everything = "\n".join([*seen, caplog.text])
