@@ -16,14 +16,17 @@ export PREFECT_HOME ?= $(CURDIR)/.rtml/prefect
 
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.rtml/tools/bin/uv)
 PY := .venv/bin/python
+# checkov and pip-audit, locked apart from the project (deploy/security-tools/pyproject.toml says why).
+SECURITY_TOOLS := .rtml/tools/security
 
-.PHONY: help demo test bench lint format services databases clean
+.PHONY: help demo test bench lint format services databases audit clean
 
 help:
 	@echo "make demo    run the whole lifecycle on embedded defaults (DEMO_SMALL=1 for small data)"
 	@echo "make test    run the whole test suite against local Redis and PostgreSQL"
 	@echo "make bench   run the benchmark scripts and print their figures"
 	@echo "make lint    ruff and the pre-commit hooks"
+	@echo "make audit   the locked dependencies against known vulnerabilities (pip-audit; needs the internet)"
 
 $(UV):
 	@echo "==> uv not found: installing it with pip into .rtml/tools"
@@ -33,6 +36,11 @@ $(UV):
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	@echo "==> installing the locked environment into .venv"
 	$(UV) sync --frozen
+	@touch $@
+
+$(SECURITY_TOOLS)/.synced: deploy/security-tools/pyproject.toml deploy/security-tools/uv.lock | $(UV)
+	@echo "==> installing checkov and pip-audit into $(SECURITY_TOOLS)"
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(SECURITY_TOOLS) $(UV) sync --frozen --project deploy/security-tools
 	@touch $@
 
 services:
@@ -46,7 +54,7 @@ demo: .venv/.synced databases
 	@bash deploy/local/services.sh redis || true
 	$(PY) -m deploy.local.demo
 
-test: .venv/.synced services databases
+test: .venv/.synced $(SECURITY_TOOLS)/.synced services databases
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/pytest tests
@@ -54,6 +62,18 @@ test: .venv/.synced services databases
 bench: .venv/.synced services
 	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
 	@for b in tests/benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
+
+# Every locked package (the project's, dev included, and the security tools') against PyPI's vulnerability data.
+# --strict fails when a package cannot be audited (offline, PyPI's JSON API unreachable) instead of passing it by.
+# Exceptions: deploy/security-tools/audit-exceptions.txt, one advisory id and its reason per line.
+audit: $(SECURITY_TOOLS)/.synced
+	@mkdir -p .rtml/audit
+	$(UV) export --frozen --all-groups --no-emit-project --format requirements-txt -o .rtml/audit/project.txt -q
+	$(UV) export --frozen --project deploy/security-tools --no-emit-project --format requirements-txt \
+		-o .rtml/audit/security-tools.txt -q
+	$(SECURITY_TOOLS)/bin/pip-audit --strict --disable-pip --progress-spinner off \
+		$$(awk '!/^#/ && NF {print "--ignore-vuln", $$1}' deploy/security-tools/audit-exceptions.txt) \
+		-r .rtml/audit/project.txt -r .rtml/audit/security-tools.txt
 
 lint: .venv/.synced
 	.venv/bin/ruff check .

@@ -10,11 +10,13 @@ FROM python:3.11-slim-bookworm
 
 COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
 
-# The worker image's uid, as in Kubernetes (runAsUser 1000). The service writes no files: every decision goes
-# to the Redis stream, and the stream processes write the profiles, logs and raw files.
-ARG BENTO_USER_UID=1000
+# The worker image's uid, as in Kubernetes (runAsUser 10001). The service keeps no data: every decision goes
+# to the Redis stream, and the stream processes write the profiles, logs and raw files. With a read-only root
+# filesystem it writes only to /tmp (BentoML's sockets) and BENTOML_HOME (its Prometheus multiprocess files and
+# empty store folders), both mounted empty by the deployment; the bento is read from BENTO_PATH.
+ARG BENTO_USER_UID=10001
 ENV BENTO_PATH=/home/bentoml/bento \
-    BENTOML_HOME=/home/bentoml/ \
+    BENTOML_HOME=/var/lib/bentoml/ \
     BENTOML_CONTAINERIZED=true \
     BENTOML_DO_NOT_TRACK=true \
     DO_NOT_TRACK=1 \
@@ -26,9 +28,10 @@ ENV BENTO_PATH=/home/bentoml/bento \
     UV_PYTHON_DOWNLOADS=never \
     PYTHONUNBUFFERED=1
 
-RUN useradd --uid "$BENTO_USER_UID" --create-home bentoml \
-    && mkdir -p "$BENTO_PATH" /var/lib/rtml \
-    && chown bentoml:bentoml "$BENTO_PATH" /var/lib/rtml \
+RUN groupadd --gid "$BENTO_USER_UID" bentoml \
+    && useradd --uid "$BENTO_USER_UID" --gid "$BENTO_USER_UID" --create-home bentoml \
+    && mkdir -p "$BENTO_PATH" "$BENTOML_HOME" /var/lib/rtml \
+    && chown bentoml:bentoml "$BENTO_PATH" "$BENTOML_HOME" /var/lib/rtml \
     && uv venv /app/.venv
 
 # Dependencies first: they change less often than the model.
@@ -37,7 +40,7 @@ RUN --mount=type=cache,target=/root/.cache/uv uv pip install -r /tmp/requirement
 
 COPY --from=bento --chown=bentoml:bentoml . /home/bentoml/bento/
 WORKDIR /home/bentoml/bento
-USER bentoml
+USER $BENTO_USER_UID:$BENTO_USER_UID
 
 EXPOSE 3000
 # /readyz answers once the model is loaded and the online store is reachable; /livez while the

@@ -34,10 +34,19 @@ COPY feature_repo/ feature_repo/
 COPY flows/ flows/
 COPY services/ services/
 
-RUN useradd --uid 1000 --create-home rtml \
+# Containers run with a read-only root filesystem: compile the project's modules now (the dependencies were
+# compiled by uv), since nothing can write __pycache__ at run time.
+RUN python -m compileall -q model_store feature_repo flows services
+
+# A high uid (10001), so that it is nobody on the host either. At run time the processes write only to what the
+# deployment mounts: /var/lib/rtml (RTML_HOME), /var/lib/mlflow (the MLflow server's artifacts), /tmp and the
+# home directory (Prefect's ~/.prefect, matplotlib's and uv's caches, MLflow's ~/.config/mlflow), see
+# docs/deployment.md, "Security".
+RUN groupadd --gid 10001 rtml \
+    && useradd --uid 10001 --gid 10001 --create-home rtml \
     && mkdir -p /var/lib/rtml /var/lib/mlflow \
     && chown -R rtml:rtml /var/lib/rtml /var/lib/mlflow
-USER rtml
+USER 10001:10001
 
 # Flow runs start in /opt/realtime-ml: deploy from here (prefect.yaml records this directory).
 CMD ["prefect", "worker", "start", "--pool", "local-process", "--type", "process"]

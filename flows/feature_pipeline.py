@@ -34,7 +34,7 @@ from flows.fraud_data.features import (
 from flows.fraud_data.schema import customers_schema, labels_schema, merchants_schema, transactions_schema
 from flows.settings import get_flow_settings
 from model_store import libraries
-from model_store.settings import Settings
+from model_store.settings import Settings, redacted_url
 from services.stream.windows import WindowedView, compute_windows, windowed_views
 
 
@@ -201,7 +201,7 @@ def read_window_definitions(settings: Settings) -> list[WindowedView]:
     views = windowed_views(store.list_feature_views(allow_cache=False))
     if not views:
         raise LookupError(
-            f"the Feast registry at {settings.feast_registry} declares no windowed feature views: apply "
+            f"the Feast registry at {redacted_url(str(settings.feast_registry))} declares no windowed feature views: apply "
             f"{settings.feast_repo_path} first (the pipeline's apply_feature_repo parameter does)"
         )
     return views
@@ -301,7 +301,7 @@ def materialize_online(settings: Settings, tables: dict[str, pd.DataFrame]) -> d
         results = materialize_frames(store, tables, end=_now())
     except redis.ConnectionError as exc:
         raise ConnectionError(
-            f"Redis at {settings.redis_url} is unreachable ({exc}); start it, or set RTML_ONLINE_STORE=sqlite"
+            f"Redis at {redacted_url(settings.redis_url)} is unreachable ({exc}); start it, or set RTML_ONLINE_STORE=sqlite"
         ) from exc
     return {r.feature_view: r.entities_written for r in results}
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from model_store.scorer import ModelContract, Scorer
-from model_store.settings import Settings, get_settings
+from model_store.settings import Settings, get_settings, redacted_url
 from model_store.tracking import mlflow_client
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def load_scorer(alias_or_version: str = CHAMPION, settings: Settings | None = No
             if version is None:
                 raise NoChampionError(
                     f"registered model {name!r} has no version with alias {alias_or_version!r} at "
-                    f"{settings.mlflow_tracking_uri}: run the training pipeline first"
+                    f"{redacted_url(str(settings.mlflow_tracking_uri))}: run the training pipeline first"
                 )
         uri = f"models:/{name}/{version.version}"
         info = mlflow.models.get_model_info(uri)
@@ -258,7 +258,7 @@ def load_scorer(alias_or_version: str = CHAMPION, settings: Settings | None = No
         model = mlflow.catboost.load_model(uri)
     except MlflowException as error:
         raise RuntimeError(
-            f"could not load {name!r} {alias_or_version!r} from MLflow at {settings.mlflow_tracking_uri}: {error}"
+            f"could not load {name!r} {alias_or_version!r} from MLflow at {redacted_url(str(settings.mlflow_tracking_uri))}: {error}"
         ) from error
     return Scorer(
         model=model, name=name, version=str(version.version), contract=contract, run_id=version.run_id

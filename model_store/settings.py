@@ -7,12 +7,15 @@ overridable with an ``RTML_``-prefixed environment variable, and the libraries' 
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+import re
+import shlex
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +27,50 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # What the checkout's local stores and servers reuse whatever home they run in (the demo's, a test's): empty,
 # migrated databases to copy. Not a store.
 CACHE_DIR = REPO_ROOT / ".rtml" / "cache"
+# What stands for a password in every log line and error message (``redacted_url``).
+MASK = "***"
+# Characters a Redis user name or password may hold: they pass through a URL, Feast's comma-separated
+# connection string and the YAML it is substituted into unchanged (``openssl rand -hex 32`` makes one).
+REDIS_CREDENTIAL = re.compile(r"[A-Za-z0-9._~-]+")
+# Settings that may carry a password inside a URL: masked in the settings' repr.
+URL_FIELDS = ("redis_url", "feast_registry", "mlflow_tracking_uri")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for log lines and error messages.
+
+    Handles URLs (``redis://user:password@host:6379/0``, ``postgresql+psycopg://u:p@db/feast``, a
+    ``password=`` query parameter) and Feast's Redis connection string (``host:6379,db=0,password=...``).
+    """
+    if "://" not in url:
+        return ",".join(
+            f"{part.partition('=')[0]}={MASK}" if part.strip().lower().startswith("password=") else part
+            for part in url.split(",")
+        )
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{host}" if has_password else netloc
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() == "password" for key, _ in pairs):
+            query = urlencode([(k, MASK if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _feast_credential(name: str, value: str, url: str) -> str:
+    """A user name or password as a value of Feast's connection string: JSON-quoted, since Feast reads each
+    value with ``json.loads`` (a password of digits would otherwise become a number)."""
+    if not REDIS_CREDENTIAL.fullmatch(value):
+        raise ValueError(
+            f"RTML_REDIS_URL ({redacted_url(url)}): the Redis {name} may hold only letters, digits and "
+            "'.', '_', '~', '-' (Feast's connection string splits on ',' and is substituted into YAML); "
+            "choose another, e.g. `openssl rand -hex 32`"
+        )
+    return json.dumps(value)
 
 
 class Settings(BaseSettings):
@@ -53,6 +100,11 @@ class Settings(BaseSettings):
         description="Entries the transactions stream keeps (approximately); a consumer further behind than "
         "this loses entries, which reach its dead-letter stream as trimmed.",
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The repr masks passwords in connection URLs: settings end up in tracebacks and debug logs."""
+        for name, value in super().__repr_args__():
+            yield name, redacted_url(value) if name in URL_FIELDS and isinstance(value, str) else value
 
     def model_post_init(self, __context: object) -> None:
         self.home = self.home.resolve()
@@ -102,12 +154,16 @@ class Settings(BaseSettings):
 
     @property
     def redis_connection_string(self) -> str:
-        """Feast's Redis format (``host:port,db=N``): it rejects ``redis://`` URLs at materialize time."""
-        url = urlparse(self.redis_url)
+        """Feast's Redis format (``host:port,db=N[,username=...][,password=...]``): Feast rejects ``redis://``
+        URLs at materialize time. The URL's user and password (percent-decoded) become Feast's, so Feast's
+        clients and ours authenticate alike."""
+        url = urlsplit(self.redis_url)
         db = (url.path or "/0").lstrip("/") or "0"
         parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", f"db={db}"]
+        if url.username:
+            parts.append(f"username={_feast_credential('user name', unquote(url.username), self.redis_url)}")
         if url.password:
-            parts.append(f"password={url.password}")
+            parts.append(f"password={_feast_credential('password', unquote(url.password), self.redis_url)}")
         if url.scheme == "rediss":
             parts.append("ssl=true")
         return ",".join(parts)
@@ -168,4 +224,4 @@ if __name__ == "__main__":
     # `eval "$(python -m model_store.settings)"` gives a shell what `feast` needs to run in feature_repo/.
     s = get_settings()
     for key, value in {**s.feast_env(), "FEAST_FS_YAML_FILE_PATH": str(s.feast_yaml)}.items():
-        print(f"export {key}='{value}'")
+        print(f"export {key}={shlex.quote(value)}")

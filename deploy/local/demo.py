@@ -37,7 +37,7 @@ from deploy.local.steps import Bar, Steps
 from flows.deployments import TRAINING_PIPELINE, WORK_POOL
 from flows.fraud_data.generator import DriftSpec, GeneratorConfig, RawData, generate_raw_data, write_raw_data
 from model_store import libraries
-from model_store.settings import Settings, clear_settings, get_settings
+from model_store.settings import Settings, clear_settings, get_settings, redacted_url
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -100,11 +100,17 @@ def ensure_online_store(settings: Settings, steps: Steps) -> Settings:
         return settings
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
-        steps.result(f"online store: Redis at {settings.redis_url}")
+        steps.result(f"online store: Redis at {redacted_url(settings.redis_url)}")
         return settings
+    except redis.AuthenticationError as error:
+        # A Redis that answers and refuses the credentials is a configuration error, not a reason to fall back.
+        raise RuntimeError(
+            f"Redis at {redacted_url(settings.redis_url)} refused the credentials of RTML_REDIS_URL ({error}): "
+            "set the user and password it expects (redis://user:password@host:port/db)"
+        ) from None
     except redis.ConnectionError:
         steps.warn(
-            f"No Redis answers at {settings.redis_url}: falling back to Feast's embedded SQLite online store"
+            f"No Redis answers at {redacted_url(settings.redis_url)}: falling back to Feast's embedded SQLite online store"
             " (set RTML_REDIS_URL or start redis-server to use Redis)."
         )
         os.environ["RTML_ONLINE_STORE"] = "sqlite"

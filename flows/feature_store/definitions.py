@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from model_store.settings import Settings
+from model_store.settings import Settings, redacted_url
 
 # One apply at a time in a process: a caller that arrives during another's apply waits, then finds it done.
 _APPLYING = threading.Lock()
@@ -43,7 +43,10 @@ def _apply_if_changed(settings: Settings) -> str | None:
 
 
 def _feature_repo_fingerprint(settings: Settings) -> str:
-    digest = hashlib.sha256(json.dumps(settings.feast_env(), sort_keys=True).encode())
+    # Where the stores are, not their passwords: the marker is a file anyone reading RTML_HOME sees, and a new
+    # password changes nothing that apply writes.
+    env = {key: redacted_url(value) for key, value in settings.feast_env().items()}
+    digest = hashlib.sha256(json.dumps(env, sort_keys=True).encode())
     for path in sorted(settings.feast_repo_path.glob("*")):
         if path.suffix in {".py", ".yaml"} or path.name == ".feastignore":
             digest.update(path.name.encode() + path.read_bytes())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_store.profiles import SCORE_COLUMN, load_reference_profile
 from model_store.registry import CHAMPION, NoChampionError, version_by_alias
-from model_store.settings import Settings
+from model_store.settings import Settings, redacted_url
 from model_store.tracking import ensure_experiment, mlflow_client
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def find_champion(settings: Settings) -> MonitoredModel:
         return _read_champion(settings)
     except MlflowException as error:
         raise RuntimeError(
-            f"MLflow at {settings.mlflow_tracking_uri} did not answer for the {CHAMPION} of "
+            f"MLflow at {redacted_url(settings.mlflow_tracking_uri)} did not answer for the {CHAMPION} of "
             f"{settings.model_name!r}: {error.message}; the drift report runs again on its next schedule"
         ) from error
 
@@ -73,7 +73,7 @@ def _read_champion(settings: Settings) -> MonitoredModel:
     version = version_by_alias(client, settings.model_name, CHAMPION)
     if version is None:
         raise NoChampionError(
-            f"registered model {settings.model_name!r} has no {CHAMPION} at {settings.mlflow_tracking_uri}: "
+            f"registered model {settings.model_name!r} has no {CHAMPION} at {redacted_url(settings.mlflow_tracking_uri)}: "
             "run the training pipeline first; there is nothing to monitor yet"
         )
     threshold = None
@@ -120,7 +120,7 @@ def log_report(
         return _log_report(settings, model, paths, summary, experiment)
     except MlflowException as error:
         raise RuntimeError(
-            f"the report is written ({paths.html}) but MLflow at {settings.mlflow_tracking_uri} refused it: "
+            f"the report is written ({paths.html}) but MLflow at {redacted_url(settings.mlflow_tracking_uri)} refused it: "
             f"{error.message}"
         ) from error
 

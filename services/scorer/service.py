@@ -11,7 +11,7 @@ way".)
 
 Errors are JSON ``{"error": ..., "details": [{"field": ..., "reason": ...}]}``: 400 for a body that is not
 JSON, 422 for a request that breaks the schema, 413 for an oversized body or batch, 401 for a missing or
-wrong ``X-API-Key`` (when ``settings.api_key`` is set) and 503 (with ``Retry-After``) while the online store is
+wrong ``X-API-Key`` (when API keys are configured: ``RTML_API_KEY``, ``RTML_API_KEYS``; see api_keys.py) and 503 (with ``Retry-After``) while the online store is
 unreachable; the service recovers by itself when it is back. Readiness (``/readyz``) requires the model and
 a reachable online store.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import sys
 from typing import Any
@@ -38,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from model_store import libraries
+from services.scorer.api_keys import ApiKeys
 from services.scorer.online_features import OnlineStoreUnavailable
 from services.scorer.openapi import JSON, ApiDescription, ApiDocsMiddleware, ErrorCase, Operation
 from services.scorer.settings import get_service_settings
@@ -216,7 +216,7 @@ class OnlineScorer:
         settings = get_service_settings()
         self.max_batch_size = settings.max_batch_size
         self.max_explained = settings.max_explained_features
-        self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.api_keys = ApiKeys(settings.accepted_api_keys)
         # The bento's own copy of the champion: the service starts with it even when the registry is down, then
         # follows the registry's aliases (services/scorer/rollout.py).
         model = load_serving_model(settings, in_bento=OnlineScorer.bento is not None)
@@ -309,7 +309,7 @@ class OnlineScorer:
 
     @property
     def requires_api_key(self) -> bool:
-        return self._api_key is not None
+        return self.api_keys.required
 
     def explain_count(self, request: Request) -> int | Response:
         """The ``explain`` query parameter: how many contributing features each answer lists (0: none)."""
@@ -325,15 +325,19 @@ class OnlineScorer:
         return int(raw)
 
     def authorize(self, request: Request) -> Response | None:
-        """None when the request may proceed; 401 when an API key is configured and not presented."""
-        if self._api_key is None:
+        """None when the request may proceed; 401 when API keys are configured and none of them is presented."""
+        if not self.api_keys.required:
             return None
-        presented = request.headers.get("x-api-key")
-        if presented is None or not hmac.compare_digest(presented.encode(), self._api_key):
+        if not self.api_keys.accept(request.headers.get("x-api-key")):
             return error_response(
                 401,
                 "missing or invalid API key",
-                [{"field": API_KEY_HEADER, "reason": "header required and must match the configured key"}],
+                [
+                    {
+                        "field": API_KEY_HEADER,
+                        "reason": "header required and must match one of the service's keys",
+                    }
+                ],
                 headers={"WWW-Authenticate": API_KEY_HEADER},
             )
         return None
@@ -367,7 +371,7 @@ def describe_scoring_api() -> ApiDescription:
     }
     if service.requires_api_key:
         common[401] = ErrorCase(
-            f"The {API_KEY_HEADER} header is missing or does not match the service's key.",
+            f"The {API_KEY_HEADER} header is missing or matches none of the service's keys.",
             headers={
                 "WWW-Authenticate": {"description": "Names the header to send.", "schema": {"type": "string"}}
             },

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from model_store import libraries
+from model_store.settings import redacted_url
 from services.stream.consumer import Command, Effects, Entry
 from services.stream.events import MalformedEvent, TransactionEvent, decode, raw_row
 from services.stream.runner import Role, main
@@ -346,7 +347,7 @@ def open_layouts(settings: StreamSettings) -> list[OnlineLayout]:
     views = windowed_views(feature_views.values())
     if not views:
         raise LookupError(
-            f"the Feast registry at {settings.feast_registry} declares no windowed feature views: "
+            f"the Feast registry at {redacted_url(str(settings.feast_registry))} declares no windowed feature views: "
             "apply the feature repository first (the feature pipeline does)"
         )
     if store.config.online_store.type != "redis":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
+from model_store.settings import redacted_url
 from services.scorer.transaction import Transaction
 from services.stream.events import encode, transaction_json
 
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         published = publish(client, stream, good, "upstream", settings.stream_max_length)
     except redis.ConnectionError as error:
         print(
-            f"error: Redis at {settings.redis_url} is unreachable ({error}); nothing was published",
+            f"error: Redis at {redacted_url(settings.redis_url)} is unreachable ({error}); nothing was published",
             file=sys.stderr,
         )
         return 2

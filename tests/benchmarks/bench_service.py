@@ -475,7 +475,9 @@ def main() -> None:
         redis_url = get_settings().redis_url
     else:
         redis_process, redis_url = start_redis(home)
-    print(f"online store: {redis_url}", flush=True)
+    from model_store.settings import redacted_url
+
+    print(f"online store: {redacted_url(redis_url)}", flush=True)
     env = {
         **os.environ,
         **prepare_home(home, project, redis_url),

@@ -71,6 +71,24 @@ def test_pull_requests_lint_test_with_redis_and_postgres_and_plan_feast() -> Non
     assert {"lint", "test"} <= make_targets()
 
 
+def test_pull_requests_audit_the_locked_dependencies_with_documented_exceptions_only() -> None:
+    """pip-audit needs the internet, so CI runs it (make audit), strictly: an unauditable package fails it."""
+    audit = ci()["jobs"]["audit"]
+    assert "if" not in audit and "make audit" in run_lines(audit)
+    assert "audit" in make_targets()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    recipe = makefile.split("\naudit:", 1)[1].split("\n\n", 1)[0]
+    assert "pip-audit --strict" in recipe
+    assert "--frozen --all-groups" in recipe and "--project deploy/security-tools" in recipe
+    exceptions = REPO_ROOT / "deploy" / "security-tools" / "audit-exceptions.txt"
+    assert "audit-exceptions.txt" in recipe
+    for line in exceptions.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            advisory, _, reason = line.partition(" ")
+            assert re.fullmatch(r"(GHSA|PYSEC|CVE|OSV)-[\w-]+", advisory), line
+            assert len(reason.strip()) > 20, f"{advisory}: no reason"
+
+
 def test_main_branch_also_builds_the_bento_after_the_checks() -> None:
     bento = ci()["jobs"]["bento"]
     assert "refs/heads/main" in bento["if"] and "push" in bento["if"]

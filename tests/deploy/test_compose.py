@@ -24,6 +24,22 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 ONE_SHOT = {"prefect-deploy"}
 RTML_HOME_MOUNT = "rtml-home:/var/lib/rtml"
+REDIS_URL = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}@redis:6379/0"
+# What each container writes besides its volumes (tmpfs mount points), decided from its image and processes:
+# see docs/deployment.md, "Security". Every service is in this table.
+WRITABLE_TMPFS = {
+    "postgres": {"/var/run/postgresql", "/tmp"},
+    "redis": set(),
+    "fraud-scorer": {"/tmp", "/var/lib/bentoml"},
+    "prometheus": set(),
+    "grafana": {"/tmp"},
+    **{
+        name: {"/tmp", "/home/rtml"}
+        for name in ["prefect-server", "prefect-deploy", "prefect-worker", "mlflow", *STREAM_PROCESSES]
+    },
+}
+# The images' own users: theirs for the third-party images, ours (deploy/*.Dockerfile) for the others.
+USERS = {"postgres": "70:70", "redis": "999:1000", "prometheus": "65534:65534", "grafana": "472:0"}
 
 
 def compose() -> dict:
@@ -106,7 +122,7 @@ def test_platform_processes_share_one_configuration_of_the_stores() -> None:
         env = services[name]["environment"]
         assert env["RTML_HOME"] == "/var/lib/rtml", name
         assert env["RTML_FEAST_REGISTRY"].startswith("postgresql+psycopg://"), name
-        assert env["RTML_REDIS_URL"] == "redis://redis:6379/0", name
+        assert env["RTML_REDIS_URL"] == REDIS_URL, name
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api", name
     server_env = services["prefect-server"]["environment"]
@@ -282,6 +298,17 @@ def test_images_run_as_an_unprivileged_user(name: str) -> None:
     assert users and users[-1] not in ("root", "0")
 
 
+def image_user(dockerfile: str) -> tuple[str, str]:
+    """The name and ``uid:gid`` of the user a Dockerfile creates and runs as."""
+    text = (REPO_ROOT / "deploy" / dockerfile).read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.MULTILINE))
+    uid, gid, name = re.search(r"useradd --uid (\S+) --gid (\S+) --create-home (\w+)", text).groups()
+    uid, gid = (args.get(v.strip('"$'), v) for v in (uid, gid))
+    user = dict(dockerfile_instructions(REPO_ROOT / "deploy" / dockerfile))["USER"]
+    assert re.sub(r"\$(\w+)", lambda m: args[m.group(1)], user) == f"{uid}:{gid}", dockerfile
+    return name, f"{uid}:{gid}"
+
+
 def test_processes_sharing_rtml_home_write_it_as_the_same_user() -> None:
     """Several containers write one volume; different uids would leave some of them read-only."""
     services = compose()["services"]
@@ -290,7 +317,35 @@ def test_processes_sharing_rtml_home_write_it_as_the_same_user() -> None:
     ]
     assert len(writers) > 1
     assert {services[name]["build"]["dockerfile"] for name in writers} == {"deploy/worker.Dockerfile"}
-    text = (REPO_ROOT / "deploy" / "worker.Dockerfile").read_text()
-    user = re.search(r"useradd --uid \d+ --create-home (\w+)", text).group(1)
-    assert re.search(rf"chown -R {user}:{user} /var/lib/rtml", text)
-    assert dict(dockerfile_instructions(REPO_ROOT / "deploy" / "worker.Dockerfile"))["USER"] == user
+    name, uid_gid = image_user("worker.Dockerfile")
+    assert re.search(
+        rf"chown -R {name}:{name} /var/lib/rtml", (REPO_ROOT / "deploy" / "worker.Dockerfile").read_text()
+    )
+    assert {services[writer]["user"] for writer in writers} == {uid_gid}
+
+
+def test_every_container_is_hardened_and_writes_only_its_volumes_and_tmpfs() -> None:
+    """Non-root, read-only root filesystem, no capabilities, no privilege escalation, Docker's default seccomp
+    profile (nothing turns it off); the writable places are the ones the table above names."""
+    services = compose()["services"]
+    assert set(services) == set(WRITABLE_TMPFS)
+    ours = {
+        "deploy/worker.Dockerfile": image_user("worker.Dockerfile")[1],
+        "service.Dockerfile": image_user("service.Dockerfile")[1],
+    }
+    for name, service in services.items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"] and not service.get("cap_add"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not any("seccomp" in option or "apparmor" in option for option in service["security_opt"]), (
+            name
+        )
+        assert not service.get("privileged"), name
+        expected_user = ours[service["build"]["dockerfile"]] if "build" in service else USERS[name]
+        assert service["user"] == expected_user, name
+        assert not service["user"].startswith(("0:", "root")), name
+        assert {entry.split(":", 1)[0] for entry in service.get("tmpfs", [])} == WRITABLE_TMPFS[name], name
+    # The scorer's BentoML home is that tmpfs; the bento it serves is elsewhere in the image.
+    service_image = (REPO_ROOT / "deploy" / "service.Dockerfile").read_text()
+    assert re.search(r"BENTOML_HOME=/var/lib/bentoml/?\s", service_image)
+    assert re.search(r"BENTO_PATH=/home/bentoml/bento\s", service_image)

@@ -53,7 +53,11 @@ def by_kind(resources: list[dict], kind: str, name: str) -> dict:
 
 def claim_mounts(pod: dict) -> dict[str, str]:
     """Mount path -> claim name, for every container of a pod spec."""
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod.get("volumes") or []
+        if "persistentVolumeClaim" in v
+    }
     return {
         m["mountPath"]: claims[m["name"]]
         for container in pod["containers"]
@@ -153,8 +157,6 @@ def test_worker_serves_the_pool_prefect_yaml_deploys_to_and_finds_the_stores(
         for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
     }
     assert {container["args"][container["args"].index("--pool") + 1]} == pools
-    config = by_kind(resources, "ConfigMap", "rtml-config")["data"]
-    assert config["RTML_REDIS_URL"] == "redis://redis:6379/0"
     assert {"configMapRef", "secretRef"} <= {key for source in container["envFrom"] for key in source}
 
 
@@ -194,7 +196,7 @@ def test_stream_process_deployment_probes_its_health_port_and_stops_gracefully(
     (container,) = pod["containers"]
     assert container["args"] == process.command
     assert container["image"].startswith("realtime-ml/worker:")
-    env = {e["name"]: e["value"] for e in container.get("env") or []}
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
     port = int(env.get("RTML_STREAM_HEALTH_PORT", HEALTH_PORT))
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": port}
     assert container["startupProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
@@ -257,7 +259,7 @@ def test_the_documented_scaling_overlay_keeps_replicas_and_partitions_equal(tmp_
     assert done.returncode == 0, done.stderr
     deployment = by_kind([d for d in yaml.safe_load_all(done.stdout) if d], "Deployment", "stream-processor")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert deployment["spec"]["replicas"] == int(env["RTML_STREAM_PARTITIONS"]) > 1
 
 
@@ -269,7 +271,7 @@ def test_processor_replicas_match_its_partitions_and_old_and_new_pods_never_run_
     _, resources = built
     deployment = by_kind(resources, "Deployment", "stream-processor")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert deployment["spec"]["replicas"] == int(env["RTML_STREAM_PARTITIONS"])
     # The overlay patch the manifest's comment shows replaces env/0: keep the partitions first.
     assert container["env"][0]["name"] == "RTML_STREAM_PARTITIONS"
@@ -281,3 +283,189 @@ def test_stream_writers_run_one_pod_at_a_time(built: tuple[str, list[dict]], nam
     deployment = by_kind(resources=built[1], kind="Deployment", name=name)
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+# What each workload writes (mount path -> volume kind): the root filesystem is read-only, so this is all of it.
+WORKER_SCRATCH = {"/tmp": "emptyDir", "/home/rtml": "emptyDir"}
+WRITABLE = {
+    "fraud-scorer": {"/tmp": "emptyDir", "/var/lib/bentoml": "emptyDir"},
+    "redis": {"/data": "persistentVolumeClaim"},
+    "prefect-worker": {**WORKER_SCRATCH, "/var/lib/rtml": "persistentVolumeClaim"},
+    **{
+        name: {
+            **WORKER_SCRATCH,
+            **({"/var/lib/rtml": "persistentVolumeClaim"} if process.writes_files else {}),
+        }
+        for name, process in STREAM_PROCESSES.items()
+    },
+}
+# Our workloads that use Redis (all of them but Redis), and the label a Kubernetes work pool's flow runs get.
+REDIS_CLIENTS = {"fraud-scorer", "prefect-worker", *STREAM_PROCESSES}
+
+
+def workloads(resources: list[dict]) -> dict[str, dict]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] in ("Deployment", "StatefulSet")}
+
+
+def writable_mounts(workload: dict) -> dict[str, str]:
+    """Mount path -> volume kind (emptyDir, persistentVolumeClaim), claim templates included."""
+    pod = workload["spec"]["template"]["spec"]
+    kinds = {v["name"]: next(k for k in v if k != "name") for v in pod.get("volumes") or []}
+    kinds.update(
+        {
+            t["metadata"]["name"]: "persistentVolumeClaim"
+            for t in workload["spec"].get("volumeClaimTemplates", [])
+        }
+    )
+    return {
+        m["mountPath"]: kinds[m["name"]]
+        for c in pod["containers"]
+        for m in c.get("volumeMounts") or []
+        if not m.get("readOnly")
+    }
+
+
+def test_every_workload_runs_hardened_and_writes_only_its_volumes(built: tuple[str, list[dict]]) -> None:
+    """Non-root with a high uid, read-only root filesystem, no privilege escalation, no capabilities, the
+    runtime's default seccomp profile, no service account token; writable: the table above, exactly."""
+    from tests.deploy.test_compose import image_user
+
+    _, resources = built
+    found = workloads(resources)
+    assert set(found) == set(WRITABLE)
+    ours = {
+        "realtime-ml/worker": image_user("worker.Dockerfile")[1],
+        "realtime-ml/fraud-scorer": image_user("service.Dockerfile")[1],
+    }
+    for name, workload in found.items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] >= 10000, name
+        assert context["runAsGroup"] == context["fsGroup"] == context["runAsUser"], name
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }, f"{name}/{container['name']}"
+            image = container["image"].split(":")[0]
+            if image in ours:  # the uid the image was built with
+                assert f"{context['runAsUser']}:{context['runAsGroup']}" == ours[image], name
+        assert writable_mounts(workload) == WRITABLE[name], name
+        for volume in pod.get("volumes") or []:
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), (
+                    f"{name}: emptyDir {volume['name']} has no size limit"
+                )
+
+
+def test_redis_requires_the_secrets_password_and_every_client_sends_it(built: tuple[str, list[dict]]) -> None:
+    _, resources = built
+    found = workloads(resources)
+    secret = {"secretKeyRef": {"name": "rtml-secrets", "key": "REDIS_PASSWORD"}}
+    (redis,) = found["redis"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in redis["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"] == env["REDISCLI_AUTH"]["valueFrom"] == secret
+    assert "requirepass $REDIS_PASSWORD" in redis["command"][-1]
+    assert "REDIS_PASSWORD" not in " ".join(redis.get("args") or [])
+    assert "grep -q PONG" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "RTML_REDIS_URL" not in by_kind(resources, "ConfigMap", "rtml-config")["data"]
+    for name in REDIS_CLIENTS:
+        (container,) = found[name]["spec"]["template"]["spec"]["containers"]
+        names = [e["name"] for e in container["env"]]
+        entries = {e["name"]: e for e in container["env"]}
+        # Kubernetes expands $(VAR) only from variables defined before: the password first.
+        assert names.index("REDIS_PASSWORD") < names.index("RTML_REDIS_URL"), name
+        assert entries["REDIS_PASSWORD"]["valueFrom"] == secret, name
+        assert entries["RTML_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0", name
+
+
+def policies(resources: list[dict]) -> dict[str, dict]:
+    return {r["metadata"]["name"]: r["spec"] for r in resources if r["kind"] == "NetworkPolicy"}
+
+
+def pod_labels(resources: list[dict]) -> dict[str, dict[str, str]]:
+    return {name: w["spec"]["template"]["metadata"]["labels"] for name, w in workloads(resources).items()}
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def test_ingress_is_denied_except_the_scorers_port_redis_for_our_pods_and_prometheus(
+    built: tuple[str, list[dict]],
+) -> None:
+    _, resources = built
+    found = policies(resources)
+    labels = pod_labels(resources)
+    assert found["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    for name, spec in found.items():
+        assert spec["policyTypes"] == ["Ingress"], name
+    # Only the scorer takes traffic from any source (outside the namespace included), on its HTTP port only.
+    open_to_all = {
+        pod
+        for spec in found.values()
+        for rule in spec.get("ingress") or []
+        if not rule.get("from")
+        for pod, pod_label in labels.items()
+        if selects(spec["podSelector"], pod_label)
+    }
+    assert open_to_all == {"fraud-scorer"}
+    (rule,) = found["fraud-scorer-http"]["ingress"]
+    (container,) = workloads(resources)["fraud-scorer"]["spec"]["template"]["spec"]["containers"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert {p["name"] for p in container["ports"]} == {"http"}
+    # Redis: from our components only, on its port.
+    redis = found["redis-clients"]
+    assert {pod for pod, pod_label in labels.items() if selects(redis["podSelector"], pod_label)} == {"redis"}
+    (rule,) = redis["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "a podSelector alone: pods of this namespace only"
+    allowed = {pod for pod, pod_label in labels.items() if selects(peer["podSelector"], pod_label)}
+    assert allowed == REDIS_CLIENTS
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    # Prometheus, from any namespace, only to the stream processes' health port.
+    scrape = found["stream-metrics-from-prometheus"]
+    scraped = {pod for pod, pod_label in labels.items() if selects(scrape["podSelector"], pod_label)}
+    assert scraped == set(STREAM_PROCESSES)
+    (rule,) = scrape["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]
+    assert rule["ports"] == [{"port": "health", "protocol": "TCP"}]
+    assert set(found) == {
+        "default-deny-ingress",
+        "fraud-scorer-http",
+        "redis-clients",
+        "stream-metrics-from-prometheus",
+    }
+
+
+def test_the_documented_postgres_egress_policy_validates_and_selects_the_postgres_clients(
+    built: tuple[str, list[dict]], tmp_path: Path
+) -> None:
+    """The egress policy docs/deployment.md gives for a PostgreSQL outside the cluster."""
+    _, resources = built
+    docs = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.DOTALL) if "kind: NetworkPolicy" in b]
+    path = tmp_path / "postgres-egress.yaml"
+    path.write_text(block)
+    done = kubernetes_validate(str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    documents = [d for d in yaml.safe_load_all(block) if d]
+    (policy,) = [d for d in documents if d["metadata"]["name"] == "postgres-egress"]
+    labels = pod_labels(resources)
+    selected = {pod for pod, pod_label in labels.items() if selects(policy["spec"]["podSelector"], pod_label)}
+    # The registry (Feast SQL registry) and MLflow's database: the pods whose settings name PostgreSQL.
+    assert selected == {"fraud-scorer", "prefect-worker", "stream-processor", "stream-scorer"}
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert 5432 in ports and 53 in ports

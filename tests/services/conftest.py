@@ -111,17 +111,23 @@ def served_settings(served_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
 class RedisServer:
     """A redis-server of our own on a free port, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path, cluster: bool = False, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, cluster: bool = False, appendonly: bool = False, password: str | None = None
+    ) -> None:
         self.port = free_cluster_port() if cluster else free_port()
         self.workdir = workdir
         self.cluster = cluster
         # With its append-only file (fsync every second, Redis's default), a restart keeps what it had.
         self.appendonly = appendonly
+        # With a password (requirepass), every client must authenticate, as in compose and Kubernetes.
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """Its URL, with the password when it has one (``redis://:password@host:port/0``)."""
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -136,10 +142,12 @@ class RedisServer:
         ]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+        if self.password:
+            args += ["--requirepass", self.password]
         log = self.workdir / f"redis-{self.port}.log"
         with log.open("w") as output:
             self.process = subprocess.Popen(args, cwd=self.workdir, stdout=output, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + 10
         while True:
             try:

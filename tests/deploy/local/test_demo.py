@@ -48,6 +48,26 @@ def test_falls_back_to_sqlite_and_says_so(
     assert "falling back to Feast's embedded SQLite online store" in out
 
 
+def test_refused_credentials_stop_the_demo_without_showing_the_password(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.services.conftest import RedisServer
+
+    server = RedisServer(tmp_path, password="demo-right-5a1f")
+    server.start()
+    try:
+        monkeypatch.setenv("RTML_REDIS_URL", f"redis://:demo-wrong-77c2@127.0.0.1:{server.port}/0")
+        clear_settings()
+        with (
+            Steps(1, tmp_path / "demo.log") as steps,
+            pytest.raises(RuntimeError, match="refused") as refused,
+        ):
+            ensure_online_store(get_settings(), steps)
+        assert "demo-wrong-77c2" not in str(refused.value) and ":***@" in str(refused.value)
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("now", "end"),
     [
