@@ -68,8 +68,10 @@ def test_step1_features_are_validated_and_materialized(demo: DemoRun) -> None:
     features = demo.summary["features"]
     assert features["transactions"] > 10_000
     assert features["customer_profile"] > 0 and features["merchant_profile"] > 0
-    # One Feast hash per customer and per merchant of the demo's project (our stream and state keys aside).
-    assert demo.redis_keys == features["customer_profile"] + features["merchant_profile"]
+    # One Feast hash per customer and per merchant of the demo's project (our stream and state keys aside), and
+    # one each for step 7's probe card and merchant, whose velocity features only the stream processor wrote.
+    probe_entities = 2 if demo.summary["rollout"]["probes"] else 0
+    assert demo.redis_keys == features["customer_profile"] + features["merchant_profile"] + probe_entities
     assert any((demo.home / "data" / "offline" / "customer_activity").rglob("*.parquet"))
 
 
@@ -157,7 +159,7 @@ def test_step8_summary_tells_where_to_look(demo: DemoRun) -> None:
 
 def test_the_terminal_shows_the_steps_and_the_log_file_the_rest(demo: DemoRun) -> None:
     steps = [line.split("]")[0] + "]" for line in demo.out.splitlines() if line.startswith("[")]
-    assert steps == [f"[{n}/7]" for n in range(1, 8)]
+    assert steps == [f"[{n}/8]" for n in range(1, 9)]
     terminal = demo.out + demo.err
     assert "Finished in state" not in terminal and "Warning" not in terminal and "Traceback" not in terminal
     log_path = demo.home / "demo.log"
