@@ -197,7 +197,7 @@ def promote_if_better(
     decision = registry.decide_promotion(
         report.headline(), champion_metrics, params.promotion, champion.version if champion else None
     )
-    registry.record_decision(version, decision, settings)  # logs the verdict and its reasons
+    registry.record_decision(version, decision, settings, params.promotion)  # logs the verdict, reasons
     return decision
 
 

@@ -2,8 +2,10 @@
 
 Layout under ``<profile_store>/<model_name>/`` (the only code that knows it):
 ``serving/<YYYY-MM-DDTHH>/<uuid>.bin`` (whylogs profiles) and
-``predictions/<YYYY-MM-DDTHH>/<uuid>.parquet`` (one row per scored transaction). Each writer adds its own
-file, so several service workers can write the same hour; a window is read back by merging them.
+``predictions/<YYYY-MM-DDTHH>/<uuid>.parquet`` (one row per decided transaction, by the model that decided it)
+and ``shadow/<YYYY-MM-DDTHH>/<uuid>.parquet`` (the same rows scored by the model that did not decide: the
+challenger in the shadow, or the champion beside a canary decision). Each writer adds its own file, so several
+service workers can write the same hour; a window is read back by merging them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -32,6 +34,8 @@ REFERENCE_PROFILE_ARTIFACT = f"{REFERENCE_PROFILE_DIR}/{REFERENCE_PROFILE_FILE}"
 # The model's score, a column of the reference and serving profiles and of the prediction logs.
 SCORE_COLUMN = "score"
 PREDICTION_COLUMNS = ("transaction_id", "event_timestamp", SCORE_COLUMN, "decision", "model_version")
+# The two prediction logs: the decisions, and the scores of the model that did not decide.
+PredictionLog = Literal["predictions", "shadow"]
 
 
 def profile_frame(df: pd.DataFrame) -> DatasetProfileView:
@@ -119,9 +123,8 @@ class ProfileStore:
     def serving_dir(self) -> Path:
         return self.base / "serving"
 
-    @property
-    def predictions_dir(self) -> Path:
-        return self.base / "predictions"
+    def log_dir(self, log: PredictionLog) -> Path:
+        return self.base / log
 
     def write_window(self, view: DatasetProfileView, window_start: datetime, name: str | None = None) -> Path:
         """Add a profile to the hour holding ``window_start``; returns the file written.
@@ -145,7 +148,11 @@ class ProfileStore:
         return merged
 
     def write_predictions(
-        self, predictions: pd.DataFrame, window_start: datetime, name: str | None = None
+        self,
+        predictions: pd.DataFrame,
+        window_start: datetime,
+        name: str | None = None,
+        log: PredictionLog = "predictions",
     ) -> Path:
         """Add a batch of logged predictions to the hour holding ``window_start``; returns the file written
         (``name`` as for ``write_window``)."""
@@ -154,13 +161,13 @@ class ProfileStore:
             raise ValueError(f"predictions lack column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
         frame = predictions.loc[:, list(PREDICTION_COLUMNS)].copy()
         frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-        path = self._path(self.predictions_dir, window_start, name, ".parquet")
+        path = self._path(self.log_dir(log), window_start, name, ".parquet")
         write_atomically(path, frame.to_parquet(index=False))
         return path
 
-    def prediction_files(self, window_start: datetime) -> list[str]:
+    def prediction_files(self, window_start: datetime, log: PredictionLog = "predictions") -> list[str]:
         """Names (without suffix) of the prediction logs of the hour holding ``window_start``."""
-        folder = self.predictions_dir / hour_floor(window_start).strftime(HOUR_FORMAT)
+        folder = self.log_dir(log) / hour_floor(window_start).strftime(HOUR_FORMAT)
         if not folder.is_dir():
             return []
         return sorted(
@@ -174,10 +181,12 @@ class ProfileStore:
             kind_dir / hour_floor(window_start).strftime(HOUR_FORMAT) / f"{name or uuid.uuid4().hex}{suffix}"
         )
 
-    def read_predictions(self, start: datetime, end: datetime) -> pd.DataFrame:
+    def read_predictions(
+        self, start: datetime, end: datetime, log: PredictionLog = "predictions"
+    ) -> pd.DataFrame:
         """Every prediction logged in the hours starting in ``[start, end)`` (an empty frame when none)."""
         frames = []
-        for path in self._files(self.predictions_dir, start, end, ".parquet"):
+        for path in self._files(self.log_dir(log), start, end, ".parquet"):
             try:
                 frames.append(pd.read_parquet(path))
             except Exception as error:  # same policy as profiles: report, keep the rest of the window
@@ -194,7 +203,7 @@ class ProfileStore:
         import pyarrow.parquet as pq
 
         total = 0
-        for path in self._files(self.predictions_dir, start, end, ".parquet"):
+        for path in self._files(self.log_dir("predictions"), start, end, ".parquet"):
             try:
                 total += pq.read_metadata(path).num_rows
             except Exception as error:  # same policy as read_predictions

@@ -2,7 +2,9 @@
 
 A new version is registered as ``challenger``. It becomes ``champion`` only when ``decide_promotion`` passes it:
 absolute floors on its holdout metrics, and (when a champion exists) a PR-AUC gain over the champion scored on
-the same holdout larger than the configured margin. Every decision is written on the version (tags
+the same holdout larger than the configured margin. A policy can ask for live evidence as well: the version
+that passed the holdout then stays challenger, scored in the shadow, until the drift report finds it has seen
+enough live traffic and labels and does not trail the champion there (``decide_after_shadow``). Every decision is written on the version (tags
 ``promotion.*`` and its description), and each promoted version remembers the champion it replaced
 (``previous_champion``), which is what ``rollback`` returns to.
 
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "previous_champion"
+DECISION_TAG = "promotion.decision"
+# The promotion policy a shadowing version is judged by, as JSON.
+POLICY_TAG = "promotion.policy"
 # Feast's MLflow integration resolves a model URI to its feature service through this version tag.
 FEAST_FEATURE_SERVICE_TAG = "feast.feature_service"
 
@@ -61,6 +66,30 @@ class PromotionPolicy(BaseModel):
     # Floors catch a broken model, not a mediocre one: with ~1 % fraud a random scorer has PR-AUC ~0.01.
     min_pr_auc: float = Field(0.1, ge=0, le=1, description="Floor on holdout PR-AUC, champion or not.")
     min_roc_auc: float = Field(0.75, ge=0, le=1, description="Floor on holdout ROC-AUC, champion or not.")
+    # Live evidence: the shadow's paired traffic (flows/monitoring/challenger.py), judged by the drift report.
+    min_shadow_hours: float = Field(
+        0,
+        ge=0,
+        description="Hours of live traffic (event time) the challenger must have scored in the shadow beside the "
+        "champion before it may replace it; 0 with min_live_labels 0 promotes on the holdout alone.",
+    )
+    min_live_labels: int = Field(
+        0, ge=0, description="Labelled transactions both models scored live needed before promotion."
+    )
+    min_live_positives: int = Field(
+        0, ge=0, description="Labelled frauds among them needed before promotion (live PR-AUC needs some)."
+    )
+    max_live_pr_auc_drop: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="How far the challenger's live PR-AUC may trail the champion's on the same labelled "
+        "transactions and still be promoted.",
+    )
+
+    @property
+    def needs_shadow(self) -> bool:
+        return self.min_shadow_hours > 0 or self.min_live_labels > 0 or self.min_live_positives > 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +99,12 @@ class PromotionDecision:
     promote: bool
     reasons: tuple[str, ...]
     champion_version: str | None = None
+    # Passed the holdout, waits for live evidence in the shadow (the policy's min_shadow_hours and labels).
+    shadowing: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "promoted" if self.promote else "shadowing" if self.shadowing else "rejected"
 
 
 def decide_promotion(
@@ -100,13 +135,58 @@ def decide_promotion(
     if failures:
         return PromotionDecision(False, tuple(failures), champion_version)
     if champion is None:
+        # Nothing to shadow beside: the first champion is promoted on its holdout.
         why = f"first champion: holdout PR-AUC {pr_auc:.4f} and ROC-AUC {roc_auc:.4f} pass the floors"
-    else:
-        why = (
-            f"holdout PR-AUC {pr_auc:.4f} beats champion v{champion_version}'s {float(champion['pr_auc']):.4f} "
-            f"by more than pr_auc_margin={policy.pr_auc_margin}; floors pass"
+        return PromotionDecision(True, (why,), champion_version)
+    why = (
+        f"holdout PR-AUC {pr_auc:.4f} beats champion v{champion_version}'s {float(champion['pr_auc']):.4f} "
+        f"by more than pr_auc_margin={policy.pr_auc_margin}; floors pass"
+    )
+    if policy.needs_shadow:
+        wait = (
+            f"shadowing beside v{champion_version} until it has scored {policy.min_shadow_hours:g} hours of live "
+            f"traffic with {policy.min_live_labels} labels ({policy.min_live_positives} frauds)"
         )
+        return PromotionDecision(False, (why, wait), champion_version, shadowing=True)
     return PromotionDecision(True, (why,), champion_version)
+
+
+def decide_after_shadow(
+    shadow_hours: float,
+    labelled: int,
+    positives: int,
+    live_pr_auc: tuple[float | None, float | None],
+    policy: PromotionPolicy,
+    champion_version: str,
+) -> PromotionDecision:
+    """The live half of the gate, for a challenger that passed the holdout and has been shadowing.
+
+    ``live_pr_auc`` is (champion's, challenger's) on the same labelled transactions (None when not computable).
+    Too little evidence keeps it shadowing; a challenger trailing the champion live by more than
+    ``max_live_pr_auc_drop`` is rejected.
+    """
+    seen = f"{shadow_hours:.1f} hours of live traffic, {labelled} labelled ({positives} frauds)"
+    short = (
+        shadow_hours < policy.min_shadow_hours
+        or labelled < policy.min_live_labels
+        or positives < policy.min_live_positives
+    )
+    champion_pr_auc, challenger_pr_auc = live_pr_auc
+    if short or (policy.min_live_labels > 0 and (champion_pr_auc is None or challenger_pr_auc is None)):
+        wait = (
+            f"shadowing: {seen}; the policy asks for {policy.min_shadow_hours:g} hours, {policy.min_live_labels} "
+            f"labels and {policy.min_live_positives} frauds"
+        )
+        return PromotionDecision(False, (wait,), champion_version, shadowing=True)
+    if champion_pr_auc is not None and challenger_pr_auc is not None:
+        live = f"live PR-AUC {challenger_pr_auc:.4f} against champion v{champion_version}'s {champion_pr_auc:.4f}"
+        if not challenger_pr_auc >= champion_pr_auc - policy.max_live_pr_auc_drop:
+            why = (
+                f"{live} trails by more than max_live_pr_auc_drop={policy.max_live_pr_auc_drop} after {seen}"
+            )
+            return PromotionDecision(False, (why,), champion_version)
+        return PromotionDecision(True, (f"{live} after {seen}",), champion_version)
+    return PromotionDecision(True, (f"shadowed {seen}",), champion_version)
 
 
 def contract_tags(contract: ModelContract) -> dict[str, str]:
@@ -158,18 +238,33 @@ def challenge(version: str, settings: Settings | None = None) -> None:
     logger.info("%s v%s is the %s", settings.model_name, version, CHALLENGER)
 
 
-def record_decision(version: str, decision: PromotionDecision, settings: Settings | None = None) -> None:
-    """Write the gate's verdict on the version and, when it passed, make the version champion."""
+def record_decision(
+    version: str,
+    decision: PromotionDecision,
+    settings: Settings | None = None,
+    policy: PromotionPolicy | None = None,
+) -> None:
+    """Write the gate's verdict on the version and, when it passed, make the version champion.
+
+    A shadowing verdict also writes the policy on the version: the drift report judges the live evidence by the
+    policy the version was gated with.
+    """
     settings = settings or get_settings()
     client = mlflow_client(settings)
     name = settings.model_name
-    verdict = "promoted" if decision.promote else "rejected"
-    client.set_model_version_tag(name, version, "promotion.decision", verdict)
+    verdict = decision.verdict
+    client.set_model_version_tag(name, version, DECISION_TAG, verdict)
     client.set_model_version_tag(name, version, "promotion.reasons", "; ".join(decision.reasons))
     client.set_model_version_tag(
         name, version, "promotion.compared_with", decision.champion_version or "none"
     )
-    summary = "Promoted to champion" if decision.promote else "Stays challenger"
+    if decision.shadowing and policy is not None:
+        client.set_model_version_tag(name, version, POLICY_TAG, policy.model_dump_json())
+    summary = {
+        "promoted": "Promoted to champion",
+        "shadowing": "Challenger in the shadow",
+        "rejected": "Stays challenger",
+    }[verdict]
     client.update_model_version(name, version, description=f"{summary}: " + "; ".join(decision.reasons) + ".")
     if decision.promote:
         _move_champion(client, name, version, reason="promotion gate passed")
@@ -318,7 +413,7 @@ def describe(settings: Settings | None = None) -> list[str]:
     lines = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         names = ",".join(sorted(aliases.get(str(v.version), []))) or "-"
-        decision = v.tags.get("promotion.decision", "-")
+        decision = v.tags.get(DECISION_TAG, "-")
         lines.append(f"v{v.version}\t{names}\t{decision}\t{v.tags.get('promotion.reasons', '')}")
     return lines
 

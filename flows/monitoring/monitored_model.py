@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from model_store.profiles import SCORE_COLUMN, load_reference_profile
-from model_store.registry import CHAMPION, NoChampionError, version_by_alias
+from model_store.registry import CHALLENGER, CHAMPION, NoChampionError, version_by_alias
 from model_store.settings import Settings, redacted_url
 from model_store.tracking import ensure_experiment, mlflow_client
 
@@ -43,6 +43,7 @@ class MonitoredModel:
     run_id: str | None
     threshold: float | None
     holdout: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,27 +56,40 @@ class MonitoredModel:
 
 def find_champion(settings: Settings) -> MonitoredModel:
     """The champion of ``settings.model_name`` with its threshold and holdout figures; a clear error if none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _read_champion(settings)
-    except MlflowException as error:
-        raise RuntimeError(
-            f"MLflow at {redacted_url(settings.mlflow_tracking_uri)} did not answer for the {CHAMPION} of "
-            f"{settings.model_name!r}: {error.message}; the drift report runs again on its next schedule"
-        ) from error
-
-
-def _read_champion(settings: Settings) -> MonitoredModel:
-    import mlflow
-
-    client = mlflow_client(settings)
-    version = version_by_alias(client, settings.model_name, CHAMPION)
-    if version is None:
+    model = find_version(settings, CHAMPION)
+    if model is None:
         raise NoChampionError(
             f"registered model {settings.model_name!r} has no {CHAMPION} at {redacted_url(settings.mlflow_tracking_uri)}: "
             "run the training pipeline first; there is nothing to monitor yet"
         )
+    return model
+
+
+def find_challenger(settings: Settings) -> MonitoredModel | None:
+    """The challenger, scored in the shadow by the serving services; None when no version is challenging."""
+    return find_version(settings, CHALLENGER)
+
+
+def find_version(settings: Settings, alias: str) -> MonitoredModel | None:
+    """The version under ``alias`` (None when unset); a clear error when MLflow does not answer."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _read_version(settings, alias)
+    except MlflowException as error:
+        raise RuntimeError(
+            f"MLflow at {redacted_url(settings.mlflow_tracking_uri)} did not answer for the {alias} of "
+            f"{settings.model_name!r}: {error.message}; the drift report runs again on its next schedule"
+        ) from error
+
+
+def _read_version(settings: Settings, alias: str) -> MonitoredModel | None:
+    import mlflow
+
+    client = mlflow_client(settings)
+    version = version_by_alias(client, settings.model_name, alias)
+    if version is None:
+        return None
     threshold = None
     try:
         info = mlflow.models.get_model_info(f"models:/{settings.model_name}/{version.version}")
@@ -96,6 +110,7 @@ def _read_champion(settings: Settings) -> MonitoredModel:
         run_id=version.run_id,
         threshold=float(threshold) if threshold is not None else None,
         holdout=holdout,
+        tags=dict(version.tags),
     )
 
 

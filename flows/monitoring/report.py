@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from flows.monitoring.challenger import ChallengerComparison
 from flows.monitoring.drift import Distribution, DriftResult
 from flows.monitoring.performance import PerformanceResult
 from flows.monitoring.triggers import AlertOutcome
@@ -67,8 +68,10 @@ def summarize(
     model: dict[str, Any],
     generated_at: datetime,
     paths: ReportPaths,
+    challenger: tuple[ChallengerComparison, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """The JSON summary: status, every column's statistics and verdict, performance, alerts, file paths."""
+    """The JSON summary: status, every column's statistics and verdict, performance, the challenger against the
+    champion (with the live gate's review, when it ran), alerts, file paths."""
     columns = sorted(
         (v.to_dict() for v in drift.verdicts),
         key=lambda c: (not c["drifted"], _sort_p(c["adjusted_p_value"] or c["p_value"]), c["column"]),
@@ -84,7 +87,7 @@ def summarize(
             "hours": hours,
         },
         "status": drift.status,
-        "message": headline(drift, performance),
+        "message": headline(drift, performance, challenger[1] if challenger else None),
         "rows": {"current": drift.current_rows, "reference": drift.reference_rows},
         "drifted_features": drift.drifted_features,
         "prediction_drift": drift.prediction_drift,
@@ -92,12 +95,19 @@ def summarize(
         "thresholds": drift.thresholds.model_dump(),
         "columns": columns,
         "performance": _json_safe(performance.to_dict()) if performance is not None else None,
+        "challenger": (
+            _json_safe({**challenger[0].to_dict(), "review": challenger[1]})
+            if challenger is not None
+            else None
+        ),
         "alerts": [a.to_dict() for a in alerts],
         "report": {"html": str(paths.html), "json": str(paths.json)},
     }
 
 
-def headline(drift: DriftResult, performance: PerformanceResult | None) -> str:
+def headline(
+    drift: DriftResult, performance: PerformanceResult | None, review: dict[str, Any] | None = None
+) -> str:
     """One sentence a person reads first."""
     window = f"{drift.window_start:%Y-%m-%d %H:%M} to {drift.window_end:%Y-%m-%d %H:%M} UTC"
     if drift.status == "no_data":
@@ -124,6 +134,10 @@ def headline(drift: DriftResult, performance: PerformanceResult | None) -> str:
         )
     if performance is not None and performance.decayed:
         text += " Live performance decayed: " + "; ".join(performance.reasons) + "."
+    if review is not None and review["decision"] != "shadowing":
+        text += (
+            f" Challenger v{review['version']} {review['decision']}: " + "; ".join(review["reasons"]) + "."
+        )
     return text
 
 
@@ -132,8 +146,9 @@ def render_html(
     distributions: Sequence[Distribution],
     history: Sequence[dict[str, Any]],
     performance: PerformanceResult | None,
+    comparison: ChallengerComparison | None = None,
 ) -> str:
-    """The self-contained page: summary table, embedded plots, performance, alerts and trend."""
+    """The self-contained page: summary table, embedded plots, performance, challenger, alerts and trend."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=select_autoescape(["html", "j2"]))
@@ -143,6 +158,7 @@ def render_html(
         plots=[{"column": d.column, "png": distribution_png(d)} for d in distributions],
         calibration_png=calibration_png(performance) if performance and performance.calibration else None,
         trend_png=trend_png(history) if len(history) >= 2 else None,
+        challenger_png=challenger_png(comparison) if comparison is not None and comparison.pairs else None,
         history=list(reversed(history[-HISTORY_SHOWN:])),
         fmt=_fmt,
         fmt_p=_fmt_p,
@@ -245,6 +261,33 @@ def calibration_png(performance: PerformanceResult) -> str:
     ax.set_ylabel("observed fraud rate", fontsize=7)
     ax.set_title("calibration (score deciles)", fontsize=9)
     ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def challenger_png(comparison: ChallengerComparison) -> str:
+    """Both models' score distributions on the same transactions, with each one's threshold."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 2.8), dpi=90, layout="constrained")
+    ax = fig.add_subplot()
+    for figures, counts, colour, fill in (
+        (comparison.champion, comparison.champion_histogram, REFERENCE_COLOUR, True),
+        (comparison.challenger, comparison.challenger_histogram, CURRENT_COLOUR, False),
+    ):
+        shares = [c / max(comparison.pairs, 1) for c in counts]
+        label = f"v{figures.version}" + (" (champion)" if figures is comparison.champion else " (challenger)")
+        if fill:
+            ax.stairs(shares, comparison.bin_edges, fill=True, alpha=0.45, label=label, color=colour)
+        else:
+            ax.stairs(shares, comparison.bin_edges, linewidth=1.8, label=label, color=colour)
+        if figures.threshold is not None:
+            ax.axvline(figures.threshold, color=colour, linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("score (dashed: each model's threshold)", fontsize=7)
+    ax.set_ylabel("share of transactions", fontsize=7)
+    ax.set_title("scores of the same transactions", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, frameon=False)
     return _png(fig)
 
 

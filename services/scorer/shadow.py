@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from services.stream.events import decision_json, encode, transaction_json
+from services.stream.events import SHADOW, decision_json, encode, transaction_json
 from services.stream.publish import xadd
 
 if TYPE_CHECKING:
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from services.scorer.transaction import Transaction
 
 logger = logging.getLogger(__name__)
-
-SOURCE = "shadow"
 
 
 class ShadowScorer:
@@ -98,7 +96,7 @@ class ShadowScorer:
                     "model_version": model.version,
                 }
                 records.append(
-                    encode(transaction_json(request), SOURCE, decision_json(result, scored_at, {}))
+                    encode(transaction_json(request), SHADOW, decision_json(result, scored_at, {}))
                 )
         try:
             from services.packed_commands import send

@@ -31,7 +31,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from services.scorer.transaction import Transaction
 
 SCHEMA = "transaction.v1"
-SOURCES = ("scorer", "stream-scorer", "upstream", "backfill", "shadow")
+# The source of the shadow stream's entries: scores of the model that did not decide.
+SHADOW = "shadow"
+SOURCES = ("scorer", "stream-scorer", "upstream", "backfill", SHADOW)
 # Where a transaction came from, when it was already decided elsewhere (no decision in the event).
 UNDECIDED_SOURCES = frozenset({"upstream", "backfill"})
 

@@ -9,6 +9,10 @@ whylogs profile of the model's input plus ``score``, and a Parquet log of predic
 (or 50,000 rows) and acknowledges entries only once their hour's files are written, so a crash of the service
 or of this process loses no decision. Files are named after the first and last stream entry they hold; after a
 crash, an entry that a written file already holds is acknowledged without being written twice.
+
+It reads the shadow stream too (``services/scorer/shadow.py``): the scores of the model that did not decide go
+to the shadow prediction log, hour by hour beside the decisions, for the drift report's champion-versus-
+challenger section. They are not profiled: the serving profiles describe the traffic the decisions saw.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, ProfileStore, hour_floor
+from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, PredictionLog, ProfileStore, hour_floor
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, covered, range_name
-from services.stream.events import MalformedEvent, decode
+from services.stream.events import SHADOW, MalformedEvent, decode
 from services.stream.runner import Role, main
 
 if TYPE_CHECKING:
@@ -49,9 +53,10 @@ class TrafficRecorder(EntryFileWriter):
     def __init__(self, store: ProfileStore, flush_seconds: float, flush_rows: int = 50_000) -> None:
         super().__init__(flush_seconds, flush_rows)
         self.store = store
-        self._hours: dict[datetime, _Hour] = {}
+        # Keyed by log and hour: each log's files name the entries of its own stream (see ``covered``).
+        self._hours: dict[tuple[PredictionLog, datetime], _Hour] = {}
         self._buffered = 0
-        self._written: dict[datetime, list[str]] = {}
+        self._written: dict[tuple[PredictionLog, datetime], list[str]] = {}
 
     @property
     def buffered(self) -> int:
@@ -69,17 +74,19 @@ class TrafficRecorder(EntryFileWriter):
             if decision is None:  # decided elsewhere: nothing to record
                 effects.ack.append(entry)
                 continue
-            hour = hour_floor(event.transaction.timestamp)
-            if covered(self._names(hour), entry.id):  # written before a crash, acknowledged after it
+            log: PredictionLog = "shadow" if event.source == SHADOW else "predictions"
+            key = (log, hour_floor(event.transaction.timestamp))
+            if covered(self._names(key), entry.id):  # written before a crash, acknowledged after it
                 effects.ack.append(entry)
                 continue
-            row: dict[str, Any] = dict(decision.features)
+            # A shadow score carries the features the decision was made on: the decision's profile has them.
+            row: dict[str, Any] = dict(decision.features) if log == "predictions" else {}
             row[SCORE_COLUMN] = decision.fraud_probability
             row["transaction_id"] = event.transaction.transaction_id
             row["event_timestamp"] = event.transaction.timestamp
             row["decision"] = decision.decision
             row["model_version"] = decision.model_version
-            held = self._hours.setdefault(hour, _Hour())
+            held = self._hours.setdefault(key, _Hour())
             held.rows.append(row)
             held.entries.append(entry)
             self._buffered += 1
@@ -92,13 +99,15 @@ class TrafficRecorder(EntryFileWriter):
         A failed write (a full disk, say) keeps its rows for the next attempt and is logged with the path.
         """
         done: list[Entry] = []
-        for hour in sorted(self._hours):
-            held = self._hours[hour]
+        for key in sorted(self._hours):
+            held = self._hours[key]
             try:
-                self._write_hour(hour, held)
+                self._write_hour(key, held)
             except OSError as error:
                 logger.error(
-                    "traffic log: writing hour %s failed (%s); rows kept for the next attempt", hour, error
+                    "traffic log: writing %s of hour %s failed (%s); rows kept for the next attempt",
+                    *key,
+                    error,
                 )
                 if self._buffered > MAX_ROWS:
                     raise RuntimeError(
@@ -109,28 +118,30 @@ class TrafficRecorder(EntryFileWriter):
             done.extend(held.entries)
             self._buffered -= len(held.rows)
             self.written_rows += len(held.rows)
-            del self._hours[hour]
+            del self._hours[key]
         return done
 
-    def _write_hour(self, hour: datetime, held: _Hour) -> None:
+    def _write_hour(self, key: tuple[PredictionLog, datetime], held: _Hour) -> None:
         import pandas as pd
 
         from model_store.profiles import profile_frame
 
+        log, hour = key
         name = range_name(e.id for e in held.entries)
         frame = pd.DataFrame(held.rows)
-        profiled = [c for c in frame.columns if c == SCORE_COLUMN or c not in PREDICTION_COLUMNS]
-        self.store.write_window(profile_frame(frame[profiled]), hour, name=name)
+        if log == "predictions":
+            profiled = [c for c in frame.columns if c == SCORE_COLUMN or c not in PREDICTION_COLUMNS]
+            self.store.write_window(profile_frame(frame[profiled]), hour, name=name)
         # Written last: its presence is what says this hour's entries are recorded (see ``covered``).
-        self.store.write_predictions(frame[list(PREDICTION_COLUMNS)], hour, name=name)
-        self._names(hour).append(name)
+        self.store.write_predictions(frame[list(PREDICTION_COLUMNS)], hour, name=name, log=log)
+        self._names(key).append(name)
 
-    def _names(self, hour: datetime) -> list[str]:
-        names = self._written.get(hour)
+    def _names(self, key: tuple[PredictionLog, datetime]) -> list[str]:
+        names = self._written.get(key)
         if names is None:
-            names = self._written[hour] = self.store.prediction_files(hour)
+            names = self._written[key] = self.store.prediction_files(key[1], log=key[0])
             if len(self._written) > 1_000:  # forget hours long past
-                oldest = sorted(self._written)[0]
+                oldest = min(self._written, key=lambda k: k[1])
                 del self._written[oldest]
         return names
 
@@ -144,15 +155,16 @@ async def traffic_role(settings: StreamSettings, client: Redis, stopping: asynci
         ProfileStore(settings.profile_store, settings.model_name), settings.traffic_flush_seconds
     )
     logger.info(
-        "traffic log: decisions of %s to %s every %.0f s",
+        "traffic log: decisions of %s and shadow scores of %s to %s every %.0f s",
         settings.stream("transactions"),
+        settings.stream("shadow"),
         recorder.store.base,
         settings.traffic_flush_seconds,
     )
     return Role(
         name="traffic-log",
         group=GROUP,
-        streams=[settings.stream("transactions")],
+        streams=[settings.stream("transactions"), settings.stream("shadow")],
         handler=recorder.handle,
         flush_due=recorder.write_if_due,
         flush=recorder.flush,

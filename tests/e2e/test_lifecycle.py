@@ -87,7 +87,9 @@ def test_step3_and_4_the_built_service_scored_the_stream(demo: DemoRun) -> None:
     assert (demo.home / "bentoml" / "bentos" / "fraud_scorer").is_dir()
     traffic = demo.summary["traffic"]
     assert traffic["requests"] > 1_000 and traffic["p50_ms"] > 0
-    predictions = pd.concat(pd.read_parquet(p) for p in (demo.home / "profiles").rglob("*.parquet"))
+    # The decisions' log; the shadow log beside it holds the scores of the model that did not decide.
+    logs = (demo.home / "profiles").glob("*/predictions/*/*.parquet")
+    predictions = pd.concat(pd.read_parquet(p) for p in logs)
     # Every decision (the drifted period's and step 7's probes) reached the prediction log exactly once, through
     # the stream and the traffic log.
     probes = demo.summary["rollout"]["probes"]

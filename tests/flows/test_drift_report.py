@@ -16,7 +16,13 @@ from flows.deployments import TRAINING_PIPELINE
 from flows.drift_report import DriftReportParams, drift_report
 from flows.monitoring.performance import PerformanceThresholds
 from model_store.profiles import ProfileStore, log_reference_profile, profile_frame
-from model_store.registry import promote, register_challenger
+from model_store.registry import (
+    PromotionDecision,
+    PromotionPolicy,
+    promote,
+    record_decision,
+    register_challenger,
+)
 from model_store.scorer import ModelContract
 from model_store.settings import Settings, clear_settings, get_settings
 from model_store.tracking import ensure_experiment, mlflow_client
@@ -53,7 +59,15 @@ def features(n: int, seed: int, inflation: float = 1.0) -> pd.DataFrame:
 
 
 def register_champion(settings: Settings) -> str:
-    """A training run as the training flow leaves it: reference profile, holdout metrics, a registered model."""
+    """A version registered as the training flow leaves it, and promoted."""
+    version = register_version(settings)
+    promote(version, "test champion", settings)
+    return version
+
+
+def register_version(settings: Settings) -> str:
+    """A training run as the training flow leaves it: reference profile, holdout metrics, a registered model
+    (the challenger)."""
     import mlflow
     from sklearn.dummy import DummyClassifier
 
@@ -83,7 +97,6 @@ def register_champion(settings: Settings) -> str:
             model, name="model", metadata=contract.model_dump(), pip_requirements=["scikit-learn"]
         )
     version = register_challenger(info.model_uri, contract, settings, run_id=run.info.run_id)
-    promote(str(version.version), "test champion", settings)
     return str(version.version)
 
 
@@ -239,6 +252,74 @@ def test_window_without_traffic_reports_no_data(
     assert summary["performance"]["status"] == "no_predictions"
     html = Path(summary["report"]["html"]).read_text()
     assert "No data: no traffic was profiled" in html
+
+
+@pytest.mark.slow
+def test_the_challenger_is_set_against_the_champion_and_promoted_on_live_evidence(
+    settings: Settings, prefect_harness: None
+) -> None:
+    """The champion decided a labelled week; the challenger scored the same transactions in the shadow, better.
+
+    Its holdout passed under a policy that asks for 48 hours and 1,000 labels of live evidence: the report's
+    live gate promotes it.
+    """
+    from sklearn.metrics import average_precision_score
+
+    champion = register_champion(settings)
+    challenger = register_version(settings)
+    policy = PromotionPolicy(min_shadow_hours=48, min_live_labels=1000, min_live_positives=20)
+    held = PromotionDecision(False, ("holdout passed",), champion, shadowing=True)
+    record_decision(challenger, held, settings, policy)
+
+    store = ProfileStore(settings.profile_store, settings.model_name)
+    n, start = 3000, END - timedelta(days=10)
+    rng = np.random.default_rng(5)
+    risk = rng.beta(0.4, 10, n)
+    y = (rng.random(n) < risk).astype("int64")
+    noisy = np.clip(risk + rng.normal(0, 0.08, n), 0, 1)
+    times = pd.Series(pd.date_range(start, start + timedelta(days=7), periods=n))
+    ids = [f"tx-{i}" for i in range(n)]
+
+    def log(scores: np.ndarray, version: str, kind: str) -> None:
+        frame = pd.DataFrame(
+            {
+                "transaction_id": ids,
+                "event_timestamp": times,
+                "score": scores,
+                "decision": np.where(scores >= THRESHOLD, "decline", "approve"),
+                "model_version": version,
+            }
+        )
+        for hour, rows in frame.groupby(times.dt.floor("h")):
+            store.write_predictions(rows, hour.to_pydatetime(), log=kind)
+
+    log(noisy, champion, "predictions")
+    log(risk, challenger, "shadow")
+    labels = pd.DataFrame(
+        {
+            "transaction_id": ids,
+            "event_timestamp": times,
+            "is_fraud": y,
+            "label_timestamp": times + pd.Timedelta(days=1),
+        }
+    )
+    write_validated(labels, settings.validated_dir, "labels")
+
+    summary = drift_report(DriftReportParams(end=END, window_hours=24))
+
+    section = summary["challenger"]
+    assert (
+        section["pairs"] == n and section["labelled"] == n and section["shadow_hours"] == pytest.approx(168)
+    )
+    assert section["champion"]["pr_auc"] == pytest.approx(average_precision_score(y, noisy))
+    assert section["challenger"]["pr_auc"] == pytest.approx(average_precision_score(y, risk))
+    assert section["agreement"] == pytest.approx(((noisy >= THRESHOLD) == (risk >= THRESHOLD)).mean())
+    assert section["review"]["decision"] == "promoted" and section["review"]["version"] == challenger
+    assert f"Challenger v{challenger} promoted" in summary["message"]
+    html = Path(summary["report"]["html"]).read_text()
+    assert "Champion against challenger" in html and 'alt="champion and challenger scores"' in html
+    aliases = mlflow_client(settings).get_registered_model(settings.model_name).aliases
+    assert {alias: str(v) for alias, v in aliases.items()} == {"champion": challenger}
 
 
 def test_naive_end_time_is_utc() -> None:

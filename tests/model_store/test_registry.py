@@ -45,6 +45,46 @@ def test_nan_metric_fails_its_floor() -> None:
     assert not decide_promotion({"pr_auc": float("nan"), "roc_auc": 0.9}, None, POLICY).promote
 
 
+SHADOW_POLICY = POLICY.model_copy(
+    update={
+        "min_shadow_hours": 48,
+        "min_live_labels": 1000,
+        "min_live_positives": 20,
+        "max_live_pr_auc_drop": 0.02,
+    }
+)
+
+
+def test_a_policy_asking_for_live_evidence_holds_a_better_model_in_the_shadow() -> None:
+    champion = {"pr_auc": 0.50, "roc_auc": 0.9}
+    held = decide_promotion({"pr_auc": 0.6, "roc_auc": 0.9}, champion, SHADOW_POLICY, "3")
+    assert not held.promote and held.shadowing and held.verdict == "shadowing"
+    assert "48 hours" in held.reasons[-1] and "1000 labels" in held.reasons[-1]
+    # A worse model is rejected on its holdout: it never waits for live evidence.
+    worse = decide_promotion({"pr_auc": 0.45, "roc_auc": 0.9}, champion, SHADOW_POLICY, "3")
+    assert worse.verdict == "rejected"
+    # The first champion has nothing to shadow beside.
+    assert decide_promotion({"pr_auc": 0.6, "roc_auc": 0.9}, None, SHADOW_POLICY).promote
+
+
+@pytest.mark.parametrize(
+    ("hours", "labelled", "positives", "live", "verdict", "named"),
+    [
+        (12.0, 5000, 80, (0.40, 0.45), "shadowing", "12.0 hours"),
+        (72.0, 900, 80, (0.40, 0.45), "shadowing", "900 labelled"),
+        (72.0, 5000, 10, (0.40, 0.45), "shadowing", "10 frauds"),
+        (72.0, 5000, 80, (None, None), "shadowing", "shadowing"),
+        (72.0, 5000, 80, (0.40, 0.39), "promoted", "live PR-AUC 0.3900"),
+        (72.0, 5000, 80, (0.40, 0.37), "rejected", "max_live_pr_auc_drop=0.02"),
+    ],
+)
+def test_the_live_gate_waits_for_evidence_then_promotes_or_rejects(
+    hours: float, labelled: int, positives: int, live: tuple, verdict: str, named: str
+) -> None:
+    decision = registry.decide_after_shadow(hours, labelled, positives, live, SHADOW_POLICY, "3")
+    assert decision.verdict == verdict and named in decision.reasons[0]
+
+
 def test_prepare_features_orders_columns_fills_categories_and_names_bad_columns() -> None:
     frame = pd.DataFrame({"b": ["x", None], "a": [1, 2], "extra": [0, 0]})
     out = prepare_features(frame, ["a", "b"], ["b"])
@@ -134,6 +174,18 @@ def test_gate_promotes_better_keeps_worse_as_challenger_and_rollback_restores(se
     listing = registry.describe(settings)
     assert listing[0].startswith(f"v{v3}\t-\tpromoted")
     assert listing[1].startswith(f"v{v2}\tchampion\trejected")
+
+
+def test_a_shadowing_verdict_keeps_the_challenger_and_records_its_policy(settings: Settings) -> None:
+    v1 = _log_version(settings, signal=2.0)
+    registry.record_decision(v1, decide_promotion({"pr_auc": 0.6, "roc_auc": 0.9}, None, POLICY), settings)
+    v2 = _log_version(settings, signal=3.0, seed=1)
+    held = decide_promotion({"pr_auc": 0.7, "roc_auc": 0.95}, {"pr_auc": 0.6}, SHADOW_POLICY, v1)
+    registry.record_decision(v2, held, settings, SHADOW_POLICY)
+    assert _aliases(settings) == {"champion": v1, "challenger": v2}
+    tags = mlflow_client(settings).get_model_version(settings.model_name, v2).tags
+    assert tags[registry.DECISION_TAG] == "shadowing"
+    assert PromotionPolicy.model_validate_json(tags[registry.POLICY_TAG]) == SHADOW_POLICY
 
 
 def test_champion_loads_by_alias_in_a_fresh_process(settings: Settings) -> None:

@@ -16,9 +16,10 @@ from services.stream.traffic import TrafficRecorder
 
 T0 = datetime(2026, 9, 7, 10, 0, tzinfo=UTC)
 STREAM = "rtml:transactions:test"
+SHADOW_STREAM = "rtml:shadow:test"
 
 
-def entry(i: int, minutes: int, decided: bool = True) -> Entry:
+def entry(i: int, minutes: int, decided: bool = True, shadow: bool = False) -> Entry:
     request = Transaction.model_validate(
         {
             "transaction_id": f"t{i}",
@@ -34,11 +35,12 @@ def entry(i: int, minutes: int, decided: bool = True) -> Entry:
         "decision": "approve",
         "threshold": 0.5,
         "model_name": "m",
-        "model_version": "3",
+        "model_version": "4" if shadow else "3",
     }
     features = {"amount_sum_1h": float(i), "channel": "online", "txn_count_1h": None}
     decision = decision_json(result, T0, features) if decided else None
-    return Entry(STREAM, f"{1_000 + i}-0".encode(), encode(transaction_json(request), "scorer", decision))
+    stream, source = (SHADOW_STREAM, "shadow") if shadow else (STREAM, "scorer")
+    return Entry(stream, f"{1_000 + i}-0".encode(), encode(transaction_json(request), source, decision))
 
 
 def handle(recorder: TrafficRecorder, entries: list[Entry]) -> Effects:
@@ -102,10 +104,37 @@ def test_a_failed_write_keeps_its_rows_for_the_next_attempt(
     original = store.write_predictions
 
     def full_disk(*args: object, **kwargs: object) -> Path:
-        raise OSError(28, "No space left on device", str(store.predictions_dir))
+        raise OSError(28, "No space left on device", str(store.log_dir("predictions")))
 
     monkeypatch.setattr(store, "write_predictions", full_disk)
     assert asyncio.run(recorder.flush()) == [] and recorder.buffered == 3
     monkeypatch.setattr(store, "write_predictions", original)
     assert len(asyncio.run(recorder.flush())) == 3 and recorder.buffered == 0
     assert len(store.read_predictions(*window(store))) == 3
+
+
+def test_shadow_scores_go_to_the_shadow_log_unprofiled_each_log_exactly_once(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path, "m")
+    # The two streams' entry ids overlap: each log's files must name only its own stream's entries.
+    decided = [entry(i, minutes=i) for i in range(4)]
+    shadowed = [entry(i, minutes=i, shadow=True) for i in range(4)]
+    recorder = TrafficRecorder(store, flush_seconds=3600)
+    handle(recorder, [*decided[:2], *shadowed[:3]])
+    asyncio.run(recorder.flush())
+    again = TrafficRecorder(store, flush_seconds=3600)  # after a crash before the acknowledgement
+    effects = handle(again, [*decided, *shadowed])
+    assert [(e.stream, e.id) for e in effects.ack] == [
+        (e.stream, e.id) for e in [*decided[:2], *shadowed[:3]]
+    ]
+    asyncio.run(again.flush())
+
+    predictions = store.read_predictions(*window(store))
+    shadow = store.read_predictions(*window(store), log="shadow")
+    assert (
+        sorted(predictions["transaction_id"])
+        == sorted(shadow["transaction_id"])
+        == [f"t{i}" for i in range(4)]
+    )
+    assert set(predictions["model_version"]) == {"3"} and set(shadow["model_version"]) == {"4"}
+    profile = store.read_window(*window(store))
+    assert profile is not None and profile.get_column("score").to_summary_dict()["counts/n"] == 4
