@@ -67,18 +67,8 @@ class ShadowScorer:
                     (request, {name: values[i] for name, values in columns.items()}, models[i])
                 )
 
-    async def run(self) -> None:
-        """Score and record what is queued, every ``interval``, until cancelled."""
-        while True:
-            await asyncio.sleep(self.interval)
-            with contextlib.suppress(Exception):
-                await self.flush()
-
-    async def flush(self) -> int:
-        """Score and publish the queue now; returns how many were recorded."""
-        queued, self._queue = self._queue, []
-        if not queued:
-            return 0
+    @staticmethod
+    def _score(queued: list[tuple[Transaction, dict[str, Any], ServingModel]]) -> list[dict[bytes, bytes]]:
         by_model: dict[int, list[tuple[Transaction, dict[str, Any], ServingModel]]] = {}
         for item in queued:
             by_model.setdefault(id(item[2]), []).append(item)
@@ -98,6 +88,22 @@ class ShadowScorer:
                 records.append(
                     encode(transaction_json(request), SHADOW, decision_json(result, scored_at, {}))
                 )
+        return records
+
+    async def run(self) -> None:
+        """Score and record what is queued, every ``interval``, until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            with contextlib.suppress(Exception):
+                await self.flush()
+
+    async def flush(self) -> int:
+        """Score and publish the queue now; returns how many were recorded."""
+        queued, self._queue = self._queue, []
+        if not queued:
+            return 0
+        # In a thread: CatBoost releases the GIL while it scores, so requests keep being answered meanwhile.
+        records = await asyncio.to_thread(self._score, queued)
         try:
             from services.packed_commands import send
 
