@@ -34,6 +34,8 @@ pytestmark = [
 LOCAL_SPARK = " ".join(
     [
         "--master local[2]",
+        # A JVM that lives for one test spends more on optimising compilation than it gets back.
+        "--driver-java-options -XX:TieredStopAtLevel=1",
         "--conf spark.ui.enabled=false",
         "--conf spark.ui.showConsoleProgress=false",
         "--conf spark.sql.shuffle.partitions=2",
