@@ -75,6 +75,7 @@ def training_rows(settings: Settings, entities: pd.DataFrame) -> pd.DataFrame:
     """The feature service's training rows for ``entities``, as the training flow retrieves them."""
     store = settings.feature_store()
     spec = read_feature_spec(store, settings.feature_service)
+    # Feast's Spark store rewrites the entity frame's timestamp column in place.
     return retrieve_features(store, spec, entities.copy())
 
 
@@ -83,8 +84,8 @@ def test_spark_returns_the_training_rows_duckdb_does(
 ) -> None:
     transactions, _, _ = read_labeled_transactions(pipeline_settings.validated_dir)
     sample = transactions.iloc[::EVERY]
-    # Copies as if scored three days after the last merchant risk snapshot, when every one is older than
-    # the view's two-day TTL: Feast's stores have differed on such rows (docs/spark-offline-store.md).
+    # Copies as if scored three days after the last merchant risk snapshot, when every one is older than the
+    # view's two-day TTL: Feast's file store drops such rows, DuckDB's keeps them with those features missing.
     late = sample.tail(LATE).assign(
         event_timestamp=max_timestamp(pipeline_settings.offline_dir / "merchant_risk") + pd.Timedelta(days=3),
         transaction_id=lambda frame: frame["transaction_id"] + "-late",
