@@ -8,6 +8,11 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
+from feast import FeatureStore
+
+# Imported with the module, not first during the test: its import installs a warnings filter in front of pytest's.
+from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOfflineStoreConfig
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
 from flows.feature_store.definitions import apply_definitions
 from flows.feature_store.offline_store import max_timestamp
@@ -71,10 +76,9 @@ def spark_settings(pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch)
     clear_settings()
 
 
-def training_rows(settings: Settings, entities: pd.DataFrame) -> pd.DataFrame:
+def training_rows(store: FeatureStore, service: str, entities: pd.DataFrame) -> pd.DataFrame:
     """The feature service's training rows for ``entities``, as the training flow retrieves them."""
-    store = settings.feature_store()
-    spec = read_feature_spec(store, settings.feature_service)
+    spec = read_feature_spec(store, service)
     # Feast's Spark store rewrites the entity frame's timestamp column in place.
     return retrieve_features(store, spec, entities.copy())
 
@@ -92,8 +96,11 @@ def test_spark_returns_the_training_rows_duckdb_does(
     )
     entities = entity_frame(pd.concat([sample, late], ignore_index=True))
 
-    duckdb_rows = training_rows(pipeline_settings, entities)
-    spark_rows = training_rows(spark_settings, entities)
+    duckdb_store, spark_store = pipeline_settings.feature_store(), spark_settings.feature_store()
+    assert isinstance(spark_store.config.offline_store, SparkOfflineStoreConfig)
+    assert isinstance(spark_store.get_data_source("customer_activity_source"), SparkSource)
+    duckdb_rows = training_rows(duckdb_store, pipeline_settings.feature_service, entities)
+    spark_rows = training_rows(spark_store, spark_settings.feature_service, entities)
 
     # The same instants: DuckDB hands pandas the tables' microseconds, Spark nanoseconds.
     assert spark_rows["event_timestamp"].dt.unit == "ns"
