@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="A file path, or a SQLAlchemy URL (postgresql+psycopg://...) for Feast's SQL registry.",
     )
     online_store: Literal["redis", "sqlite"] = "redis"
+    offline_store: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="What runs historical retrieval over the offline Parquet tables: DuckDB in this process, "
+        "or Spark (local mode, or the cluster Spark's own configuration names; docs/spark-offline-store.md).",
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     mlflow_tracking_uri: str | None = None
     bentoml_home: Path | None = None
@@ -149,6 +154,13 @@ class Settings(BaseSettings):
 
     @property
     def feast_yaml(self) -> Path:
+        if self.offline_store == "spark":
+            if self.online_store != "redis":
+                raise ValueError(
+                    "RTML_OFFLINE_STORE=spark comes with the Redis online store (feature_store_spark.yaml): "
+                    "unset RTML_ONLINE_STORE or set it to redis"
+                )
+            return self.feast_repo_path / "feature_store_spark.yaml"
         name = "feature_store.yaml" if self.online_store == "redis" else "feature_store_sqlite.yaml"
         return self.feast_repo_path / name
 
@@ -179,6 +191,7 @@ class Settings(BaseSettings):
             "REDIS_CONNECTION_STRING": self.redis_connection_string,
             "FEAST_SQLITE_PATH": str(self.home / "feast" / f"{self.feast_project}_online.db"),
             "FEAST_OFFLINE_DIR": str(self.offline_dir),
+            "FEAST_OFFLINE_STORE": self.offline_store,
         }
 
     def export_feast_env(self) -> None:

@@ -4,6 +4,7 @@
 #   services.sh            Redis and PostgreSQL
 #   services.sh redis      Redis only (the demo falls back to Feast's SQLite store when this fails)
 #   services.sh wrk        the load generator for `make bench`
+#   services.sh java       Java 17 or later, for Spark in local mode (tests/feature_repo/test_spark_offline_store.py)
 set -uo pipefail
 
 REDIS_PORT="${REDIS_PORT:-6379}"
@@ -56,10 +57,21 @@ ensure_postgres() {
   fi
 }
 
+java_up() { have java && java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; }
+
+# Not fatal for `all`: without Java the Spark offline store's test skips and says why.
+ensure_java() {
+  java_up && return 0
+  apt_install default-jre-headless && java_up && return 0
+  echo "!! Spark needs Java 17 or later on PATH; its test will be skipped" >&2
+  return 1
+}
+
 case "${1:-all}" in
   redis) ensure_redis ;;
   postgres) ensure_postgres ;;
   wrk) have wrk || apt_install wrk ;;
-  all) ensure_redis && ensure_postgres ;;
-  *) echo "usage: $0 [redis|postgres|wrk|all]" >&2; exit 2 ;;
+  java) ensure_java ;;
+  all) ensure_redis && ensure_postgres && { ensure_java || true; } ;;
+  *) echo "usage: $0 [redis|postgres|wrk|java|all]" >&2; exit 2 ;;
 esac

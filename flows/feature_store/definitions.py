@@ -33,7 +33,10 @@ def _apply_if_changed(settings: Settings) -> str | None:
     if marker.exists() and marker.read_text() == fingerprint and _registry_exists(settings):
         return None
     feast = Path(sys.executable).with_name("feast")
-    command = [str(feast), "-c", str(settings.feast_repo_path), "-f", str(settings.feast_yaml), "apply"]
+    # Every field is declared, so the tables need not exist yet (the first run applies before it writes them);
+    # validating them would also start a Spark session to read every table's schema on the Spark store.
+    repo, yaml = str(settings.feast_repo_path), str(settings.feast_yaml)
+    command = [str(feast), "-c", repo, "-f", yaml, "apply", "--skip-source-validation"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"feast apply failed in {settings.feast_repo_path}:\n{done.stderr[-3000:]}")

@@ -58,3 +58,12 @@ def test_settings_repr_masks_passwords_in_urls() -> None:
     )
     assert "s3cret" not in repr(settings) and "redis://:***@redis:6379/0" in repr(settings)
     assert settings.redis_url == "redis://:s3cret@redis:6379/0"  # the value itself is untouched
+
+
+def test_the_spark_offline_store_picks_its_feast_configuration_and_tells_the_definitions() -> None:
+    spark = Settings(offline_store="spark")
+    assert spark.feast_yaml.name == "feature_store_spark.yaml"
+    assert spark.feast_env()["FEAST_OFFLINE_STORE"] == "spark"
+    assert Settings().feast_env()["FEAST_OFFLINE_STORE"] == "duckdb"
+    with pytest.raises(ValueError, match="RTML_ONLINE_STORE"):
+        _ = Settings(offline_store="spark", online_store="sqlite").feast_yaml
