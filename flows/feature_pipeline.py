@@ -17,7 +17,6 @@ materialized. Measurements and the choice of shards over a database's window fun
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,11 +47,11 @@ from flows.feature_store.offline_store import (
 )
 from flows.feature_store.sharding import EventSources, read_shard, scatter_events, shard_count, shard_number
 from flows.feature_store.validation import (
-    REASON_COLUMN,
-    ValidationResult,
+    ChunkTally,
     check_invalid_share,
     find_id_conflicts,
     validate_batch,
+    validate_chunks,
     write_quarantine,
 )
 from flows.fraud_data.features import (
@@ -150,79 +149,48 @@ def ingest_transactions(
         # A failed earlier attempt at this batch may have left files: they are not "ingested before".
         remove_batch(store, batch.name)
         conflicts = find_id_conflicts(
-            read_raw_ids(batch.path, "transaction_id"), partition_files(store), "transaction_id"
+            read_raw_ids(batch.path, transactions_schema, "transaction_id", chunk_rows),
+            partition_files(store),
+            "transaction_id",
         )
-        chunks = ChunkedValidation(batch.name)
+        tally = ChunkTally(batch.name)
         try:
-            for part, raw in enumerate(read_raw_chunks(batch.path, transactions_schema, chunk_rows)):
-                result = validate_batch(
-                    raw,
-                    transactions_schema,
-                    batch_name=batch.name,
-                    known_ids=conflicts.known,
-                    id_column="transaction_id",
-                    references=references,
-                    timestamp_column="event_timestamp",
-                    now=_now(),
-                    first_row=chunks.rows,
-                    latest_before=chunks.latest,
-                    duplicates=conflicts.duplicates[chunks.rows : chunks.rows + len(raw)],
-                )
+            results = validate_chunks(
+                read_raw_chunks(batch.path, transactions_schema, chunk_rows),
+                transactions_schema,
+                conflicts=conflicts,
+                id_column="transaction_id",
+                batch_name=batch.name,
+                references=references,
+                timestamp_column="event_timestamp",
+                now=_now(),
+            )
+            for part, result in enumerate(results):
                 write_partitions(result.valid, store, batch.name, part=part)
-                chunks.add(result)
-                if not is_from_stream(batch.name) and len(result.valid):
-                    newest = result.valid["event_timestamp"].max()
-                    ingested.newest_from_files = max(newest, ingested.newest_from_files or newest)
+                tally.add(result)
                 if len(result.valid):
-                    first = result.valid["event_timestamp"].min()
-                    ingested.start = min(first, ingested.start or first)
-            whole = chunks.result()
+                    _track_times(ingested, batch, result.valid["event_timestamp"])
+            whole = tally.result()
             write_quarantine(whole, settings.quarantine_dir, batch.name)
             check_invalid_share(whole, max_invalid_fraction)
         except BaseException:
             remove_batch(store, batch.name)
             raise
-        ingested.rows += chunks.valid_rows
+        ingested.rows += tally.valid_rows
         ingested.summaries[batch.name] = {
-            "rows": chunks.rows,
-            "valid": chunks.valid_rows,
+            "rows": tally.rows,
+            "valid": tally.valid_rows,
             "quarantined": len(whole.quarantined),
             "reasons": whole.reason_counts,
         }
     return ingested
 
 
-@dataclass
-class ChunkedValidation:
-    """A batch validated chunk by chunk: what each chunk passes on to the next, and the batch's result."""
-
-    batch_name: str
-    rows: int = 0
-    valid_rows: int = 0
-    latest: pd.Timestamp | None = None
-    quarantined: list[pd.DataFrame] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-
-    def add(self, result: ValidationResult) -> None:
-        self.rows += len(result.valid) + len(result.quarantined)
-        self.valid_rows += len(result.valid)
-        self.latest = result.latest
-        self.quarantined.append(result.quarantined)
-        self.counts.update(result.reason_counts)
-
-    def result(self) -> ValidationResult:
-        """The batch's result; its ``valid`` holds no columns, only as many rows as were stored."""
-        quarantined = (
-            pd.concat(self.quarantined) if self.quarantined else pd.DataFrame(columns=[REASON_COLUMN])
-        )
-        return ValidationResult(
-            self.batch_name,
-            pd.DataFrame(index=pd.RangeIndex(self.valid_rows)),
-            quarantined,
-            len(quarantined) / self.rows if self.rows else 0.0,
-            dict(self.counts.most_common()),
-            self.latest,
-        )
+def _track_times(ingested: IngestedBatches, batch: RawBatch, times: pd.Series) -> None:
+    first, newest = times.min(), times.max()
+    ingested.start = min(first, ingested.start or first)
+    if not is_from_stream(batch.name):
+        ingested.newest_from_files = max(newest, ingested.newest_from_files or newest)
 
 
 @dataclass

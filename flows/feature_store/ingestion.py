@@ -133,19 +133,33 @@ def read_raw_chunks(path: Path, schema: pa.DataFrameSchema, rows: int) -> Iterat
         yield _typed_table(raw, schema, path)
 
 
-def read_raw_ids(path: Path, id_column: str) -> pyarrow.Array:
-    """One column of a raw file as Arrow strings, as compact as the file allows (ids for duplicate checks)."""
+def read_raw_ids(
+    path: Path, schema: pa.DataFrameSchema, id_column: str, rows: int = 1_000_000
+) -> pyarrow.Array:
+    """A raw file's id column as validation sees it (typed as ``read_raw_table`` types it, then parsed), in Arrow
+    strings: compact enough for a whole file's ids, read ``rows`` at a time."""
     path = Path(path)
+    _check_readable(path)
+    dtype = schema.columns[id_column].dtype.type
     try:
         if path.suffix.lower() == ".parquet":
-            column = pq.read_table(path, columns=[id_column]).column(id_column)
-        else:
-            column = pyarrow.chunked_array(
-                [pyarrow.array(pd.read_csv(path, usecols=[id_column], dtype=str)[id_column])]
+            parts = (
+                batch.column(0).to_pandas()
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[id_column])
             )
+        else:
+            parts = (
+                chunk[id_column]
+                for chunk in pd.read_csv(path, usecols=[id_column], dtype=str, chunksize=rows)
+            )
+        arrays = []
+        for values in parts:
+            typed, unparsable = parse_series(values, dtype)
+            as_read = values if unparsable.any() else cast_column(typed, dtype)
+            arrays.append(pyarrow.array(parse_series(as_read, dtype)[0].astype(object), pyarrow.string()))
     except (OSError, ValueError, KeyError, pyarrow.ArrowException) as exc:
         raise RawFileError(f"{path}: cannot read column {id_column}: {exc}") from exc
-    return column.combine_chunks()
+    return pyarrow.chunked_array(arrays, pyarrow.string()).combine_chunks()
 
 
 def _typed_table(raw: pd.DataFrame, schema: pa.DataFrameSchema, path: Path) -> pd.DataFrame:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,68 @@ def validate_batch(
     return result
 
 
+def validate_chunks(
+    chunks: Iterable[pd.DataFrame],
+    schema: pa.DataFrameSchema,
+    *,
+    conflicts: IdConflicts,
+    id_column: str,
+    **options: object,
+) -> Iterator[ValidationResult]:
+    """``validate_batch`` over one batch's chunks in file order, each told what the rows above it decide.
+
+    ``conflicts`` is ``find_id_conflicts``'s answer for the whole batch; ``options`` are ``validate_batch``'s.
+    """
+    rows, latest = 0, None
+    for chunk in chunks:
+        result = validate_batch(
+            chunk,
+            schema,
+            known_ids=conflicts.known,
+            id_column=id_column,
+            first_row=rows,
+            latest_before=latest,
+            duplicates=conflicts.duplicates[rows : rows + len(chunk)],
+            **options,  # type: ignore[arg-type]
+        )
+        rows += len(chunk)
+        latest = result.latest
+        yield result
+
+
+@dataclass
+class ChunkTally:
+    """A batch validated chunk by chunk, its valid rows stored as they come: the batch's counts and quarantine."""
+
+    batch_name: str
+    rows: int = 0
+    valid_rows: int = 0
+    latest: pd.Timestamp | None = None
+    quarantined: list[pd.DataFrame] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, result: ValidationResult) -> None:
+        self.rows += len(result.valid) + len(result.quarantined)
+        self.valid_rows += len(result.valid)
+        self.latest = result.latest
+        self.quarantined.append(result.quarantined)
+        self.counts.update(result.reason_counts)
+
+    def result(self) -> ValidationResult:
+        """The batch's result; its ``valid`` holds no columns, only as many rows as were stored."""
+        quarantined = (
+            pd.concat(self.quarantined) if self.quarantined else pd.DataFrame(columns=[REASON_COLUMN])
+        )
+        return ValidationResult(
+            self.batch_name,
+            pd.DataFrame(index=pd.RangeIndex(self.valid_rows)),
+            quarantined,
+            len(quarantined) / self.rows if self.rows else 0.0,
+            dict(self.counts.most_common()),
+            self.latest,
+        )
+
+
 def add_context_checks(
     schema: pa.DataFrameSchema,
     *,
@@ -173,13 +235,6 @@ def add_context_checks(
     """A copy of ``schema`` with the rules that need context, checking the frame ``parse_columns`` returns."""
     checks = {name: list(column.checks) for name, column in schema.columns.items()}
     updates: dict[str, dict[str, object]] = {}
-    if duplicates is not None and id_column is not None:
-        repeated = np.asarray(duplicates, dtype=bool)
-        # Named as pandera names its own uniqueness check, which this one stands in for across chunks.
-        checks[id_column].append(
-            pa.Check(lambda s: pd.Series(~repeated, index=s.index), name="unique", error="field_uniqueness")
-        )
-        updates[id_column] = {"unique": False}
     if known_ids is not None and id_column is not None:
         earlier = known_ids if isinstance(known_ids, set | frozenset) else set(known_ids)
         checks[id_column].append(
@@ -211,6 +266,14 @@ def add_context_checks(
                 error=f"out of order (more than {_duration(order_tolerance)} before an earlier row)",
             )
         )
+    if duplicates is not None and id_column is not None:
+        repeated = np.asarray(duplicates, dtype=bool)
+        # Stands in for pandera's own uniqueness check across chunks: same name, and last, where pandera
+        # reports its own.
+        checks[id_column].append(
+            pa.Check(lambda s: pd.Series(~repeated, index=s.index), name="unique", error="field_uniqueness")
+        )
+        updates[id_column] = {"unique": False}
     for name, column_checks in checks.items():
         updates.setdefault(name, {})["checks"] = column_checks
     for name, column in schema.columns.items():
@@ -335,7 +398,8 @@ def row_rule_reasons(rule: RowRule, typed: pd.DataFrame) -> pd.DataFrame:
 def _in_column_order(cases: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     position = {name: i for i, name in enumerate(columns)}
     cases = cases.assign(position=cases["column"].map(position).fillna(len(position)))
-    return cases.sort_values(["index", "position"], kind="stable")
+    # Within a column by reason: pandera lists one row's failed checks in no fixed order.
+    return cases.sort_values(["index", "position", "reason"], kind="stable")
 
 
 def join_reasons(cases: pd.DataFrame, columns: list[str]) -> pd.Series:
