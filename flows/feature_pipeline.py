@@ -291,7 +291,7 @@ def load_feature_inputs(
     as_of = max_timestamp(validated)
     return FeatureInputs(
         events=EventSources(new_files, history_files, start - lookback, start),
-        labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of),
+        labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of, need_ids=False),
         snapshots=risk_snapshots(start, as_of, max_timestamp(settings.offline_dir / "merchant_risk")),
     )
 

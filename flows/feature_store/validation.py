@@ -13,6 +13,7 @@ exactly the reasons, the whole batch would.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ REASON_COLUMN = "quarantine_reason"
 ROW_COLUMN = "batch_row"
 ORDER_TOLERANCE = pd.Timedelta("1h")
 FUTURE_TOLERANCE = pd.Timedelta("5min")
+DUCKDB_MEMORY = "2GB"
 
 
 class BatchRejectedError(RuntimeError):
@@ -330,6 +332,9 @@ def find_id_conflicts(ids: pyarrow.Array, stored_files: Sequence[Path], stored_c
     ids = ids.cast(pyarrow.string()) if not pyarrow.types.is_string(ids.type) else ids
     batch = pyarrow.table({"id": ids, "row": pyarrow.array(np.arange(len(ids), dtype=np.int64))})
     with duckdb.connect() as con:
+        # Beyond this DuckDB spills to disk: the pipeline's other stages need the rest of the memory.
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+        con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'rtml-duckdb'}'")
         con.register("batch", batch)
         repeated = con.execute(
             "SELECT row FROM batch WHERE id IS NOT NULL "

@@ -72,6 +72,37 @@ def generate_slice(raw_dir: Path, n: int, part: int, parts: int, seed: int) -> N
             (raw_dir / f"{name}.parquet.keep").replace(raw_dir / f"{name}.parquet")
 
 
+def generate(home: Path, n: int, slice_rows: int) -> None:
+    """Generate ``n`` transactions in slices, each in a process of its own."""
+    parts = max(1, -(-n // slice_rows))
+    started = time.perf_counter()
+    for part in range(parts):
+        slice_args = [str(n), str(part), str(parts), "42"]
+        subprocess.run(
+            [sys.executable, __file__, "--home", str(home), "--generate-slice", *slice_args], check=True
+        )
+    print(
+        f"generated {n:,} transactions in {parts} file(s) in {time.perf_counter() - started:.0f} s (not timed)"
+    )
+
+
+def link_raw(source: Path, raw_dir: Path, n: int) -> int:
+    """Hard-link the reference tables and the first transactions files holding ``n`` rows; returns their rows."""
+    import pyarrow.parquet as pq
+
+    (raw_dir / "transactions").mkdir(parents=True, exist_ok=True)
+    for name in ("customers.parquet", "merchants.parquet"):
+        os.link(source / name, raw_dir / name)
+    rows = 0
+    for path in sorted((source / "transactions").glob("*.parquet")):
+        if rows >= n:
+            break
+        os.link(path, raw_dir / "transactions" / path.name)
+        rows += pq.read_metadata(path).num_rows
+    print(f"reusing {rows:,} generated transactions from {source}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--transactions", type=int, default=1_000_000)
@@ -85,6 +116,15 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="keep the run's files here (default: a temporary folder)")
     parser.add_argument("--feast-materialize", action="store_true", help="also time Feast's own materialize")
     parser.add_argument("--generate-slice", nargs=4, type=int, metavar=("N", "PART", "PARTS", "SEED"))
+    parser.add_argument(
+        "--generate-only", action="store_true", help="generate the raw files into --home, stop"
+    )
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        help="reuse raw files generated earlier (--generate-only): the reference tables and the first "
+        "transactions files holding --transactions rows",
+    )
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="bench_features_"))
     if args.generate_slice:
@@ -94,26 +134,12 @@ def main() -> None:
     n = args.transactions
     project = f"bench_{uuid.uuid4().hex[:8]}"
     os.environ.update({"RTML_HOME": str(home), "RTML_FEAST_PROJECT": project})
-    parts = max(1, -(-n // args.slice))
-    started = time.perf_counter()
-    for part in range(parts):
-        subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--home",
-                str(home),
-                "--generate-slice",
-                str(n),
-                str(part),
-                str(parts),
-                "42",
-            ],
-            check=True,
-        )
-    print(
-        f"generated {n:,} transactions in {parts} file(s) in {time.perf_counter() - started:.0f} s (not timed)"
-    )
+    if args.raw:
+        n = link_raw(args.raw, home / "data" / "raw", n)
+    else:
+        generate(home, n, args.slice)
+    if args.generate_only:
+        return
 
     from model_store import libraries
 
