@@ -3,9 +3,8 @@
 A window reads only its own entity's events, so the events of a shard of entities (a hash of the view's key)
 give exactly the rows the whole history gives for those entities. ``scatter_events`` reads each source file
 once and appends its rows to one file per view and shard, with the look-back history first and the new rows
-after it in the order they were ingested: the order ``compute_windows`` sees in one process, so rows that tie
-on entity and time come out as they would there. A shard then reads only its own file, and memory per
-shard falls with the number of shards whatever the history's length.
+after it in the order they were ingested, the order ``compute_windows`` sees in one process. A shard then reads
+only its own file, and memory per shard falls with the number of shards whatever the history's length.
 """
 
 from __future__ import annotations

@@ -58,9 +58,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame,
     write_partitions(old.iloc[::2], table, "h-1")
     write_partitions(old.iloc[1::2], table, "h-2")
     first, second = new.iloc[: len(new) // 2], new.iloc[len(new) // 2 :]
+    size = len(second) // 3 + 1
+    # A tie across a part boundary: the next part starts with another event of the same entity at the same time.
+    twin = second.iloc[[size - 1]].assign(transaction_id="twin", amount=1.0)
+    second = pd.concat([second.iloc[:size], twin, second.iloc[size:]], ignore_index=True)
     write_partitions(first, table, "run-a")
-    for part, begin in enumerate(range(0, len(second), len(second) // 3 + 1)):
-        write_partitions(second.iloc[begin : begin + len(second) // 3 + 1], table, "run-b", part=part)
+    for part, begin in enumerate(range(0, len(second), size)):
+        write_partitions(second.iloc[begin : begin + size], table, "run-b", part=part)
     return table, old, pd.concat([first, second], ignore_index=True)
 
 
