@@ -78,7 +78,7 @@ class FeaturePipelineParams(BaseModel):
         1_000_000, gt=0, description="Rows of a transactions file validated and stored at a time."
     )
     shard_rows: int = Field(
-        4_000_000, gt=0, description="Events per shard of the windowed features (history included)."
+        2_000_000, gt=0, description="Events per shard of the windowed features (history included)."
     )
     parallel_shards: int = Field(
         2, gt=0, description="Shards computed at once; each holds about shard_rows events in memory."
@@ -367,7 +367,7 @@ def compute_features(
     ingested: IngestedBatches,
     windows: list[WindowedView],
     run_name: str,
-    shard_rows: int = 4_000_000,
+    shard_rows: int = 2_000_000,
     parallel_shards: int = 2,
 ) -> FeatureRows:
     """The feature computations of what is new: profiles of changed tables, windows and risk of new rows."""

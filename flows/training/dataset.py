@@ -205,7 +205,7 @@ def retrieve_features(
     ]
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     # A request field the on-demand view passes through (``channel``) comes back twice; the copies are equal.
-    frame = frame.loc[:, ~frame.columns.duplicated()]
+    frame = frame.loc[:, ~frame.columns.duplicated()].copy()
     missing = [name for name in spec.features if name not in frame.columns]
     if missing:
         raise ValueError(f"Feast returned no column for feature(s) {missing} of {spec.feature_service!r}")

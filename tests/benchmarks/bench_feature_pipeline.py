@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument(
         "--dask-workers", type=int, default=0, help="run on a local Dask cluster of N workers"
     )
-    parser.add_argument("--shard-rows", type=int, default=4_000_000)
+    parser.add_argument("--shard-rows", type=int, default=2_000_000)
     parser.add_argument("--parallel-shards", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=1_000_000)
     parser.add_argument("--home", type=Path, help="keep the run's files here (default: a temporary folder)")
