@@ -6,6 +6,12 @@ inputs changes nothing and a run with new data reads just the look-back it needs
 files are ingested after the run's transactions, so a label can name a transaction of the same run; their
 labels reach the merchant risk snapshots of the next run with new transactions (snapshots follow the
 transactions' time, and labels are read through ``read_labels`` as of each snapshot).
+
+No stage holds the whole history: transactions files are validated and stored a chunk at a time, and the
+windowed features are computed per shard of entities (``flows/feature_store/sharding.py``), each shard a task
+that reads its own events and writes its own offline files, at most ``parallel_shards`` at once on the flow's
+task runner (threads here, processes on a Dask cluster). Only the newest row per entity comes back to be
+materialized. Measurements and the choice of shards over a database's window functions: docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
@@ -21,10 +28,32 @@ from pydantic import BaseModel, Field
 
 from flows.feature_store.backfill import is_from_stream, publish_backfill, recent
 from flows.feature_store.definitions import apply_definitions
-from flows.feature_store.ingestion import RawBatch, find_new_batches, read_raw_table, record_batch
+from flows.feature_store.ingestion import (
+    RawBatch,
+    find_new_batches,
+    read_raw_chunks,
+    read_raw_ids,
+    read_raw_table,
+    record_batch,
+)
 from flows.feature_store.labels import read_labels, validate_labels, write_validated_labels
-from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
-from flows.feature_store.validation import check_invalid_share, validate_batch, write_quarantine
+from flows.feature_store.offline_store import (
+    batch_files,
+    max_timestamp,
+    partition_batch,
+    partition_files,
+    remove_batch,
+    write_partitions,
+)
+from flows.feature_store.sharding import EventSources, read_shard, scatter_events, shard_count, shard_number
+from flows.feature_store.validation import (
+    ChunkTally,
+    check_invalid_share,
+    find_id_conflicts,
+    validate_batch,
+    validate_chunks,
+    write_quarantine,
+)
 from flows.fraud_data.features import (
     compute_customer_profile,
     compute_merchant_profile,
@@ -45,6 +74,15 @@ class FeaturePipelineParams(BaseModel):
         None, ge=0, le=1, description="Share of bad rows that fails a batch (default: settings)."
     )
     apply_feature_repo: bool = Field(True, description="Run `feast apply` before materializing.")
+    chunk_rows: int = Field(
+        1_000_000, gt=0, description="Rows of a transactions file validated and stored at a time."
+    )
+    shard_rows: int = Field(
+        2_000_000, gt=0, description="Events per shard of the windowed features (history included)."
+    )
+    parallel_shards: int = Field(
+        2, gt=0, description="Shards computed at once; each holds about shard_rows events in memory."
+    )
 
 
 @dataclass
@@ -56,11 +94,14 @@ class ReferenceTables:
 
 @dataclass
 class IngestedBatches:
-    transactions: pd.DataFrame
+    """The run's new transactions batches, now in the validated store, and what the later stages need of them."""
+
     batches: list[RawBatch]
     summaries: dict[str, dict]
-    # Rows of files that did not come from the stream: the window processor has not seen them.
-    from_files: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rows: int = 0
+    start: pd.Timestamp | None = None  # the earliest new event
+    # The newest event of files that did not come from the stream: the window processor has not seen them.
+    newest_from_files: pd.Timestamp | None = None
 
 
 @task
@@ -92,48 +133,64 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
 
 @task
 def ingest_transactions(
-    settings: Settings, reference: ReferenceTables, max_invalid_fraction: float
+    settings: Settings, reference: ReferenceTables, max_invalid_fraction: float, chunk_rows: int = 1_000_000
 ) -> IngestedBatches:
-    """Validate each new transactions file; good rows join the validated store, bad ones go to quarantine."""
+    """Validate each new transactions file a chunk at a time; good rows join the validated store, bad ones go
+    to quarantine. A rejected file leaves nothing in the store."""
     manifest = settings.data_dir / "transactions_manifest.json"
     batches = find_new_batches(settings.raw_dir / "transactions", manifest)
     store = settings.validated_dir / "transactions"
-    known_ids = (
-        set(read_partitions(store, columns=["transaction_id"])["transaction_id"]) if batches else set()
-    )
     references = {
         "customer_id": set(reference.customers["customer_id"]),
         "merchant_id": set(reference.merchants["merchant_id"]),
     }
-    frames, file_frames, summaries = [], [], {}
+    ingested = IngestedBatches(batches, {})
     for batch in batches:
-        raw = read_raw_table(batch.path, transactions_schema)
-        result = validate_batch(
-            raw,
-            transactions_schema,
-            batch_name=batch.name,
-            known_ids=known_ids,
-            id_column="transaction_id",
-            references=references,
-            timestamp_column="event_timestamp",
-            now=_now(),
+        # A failed earlier attempt at this batch may have left files: they are not "ingested before".
+        remove_batch(store, batch.name)
+        conflicts = find_id_conflicts(
+            read_raw_ids(batch.path, transactions_schema, "transaction_id", chunk_rows),
+            partition_files(store),
+            "transaction_id",
         )
-        write_quarantine(result, settings.quarantine_dir, batch.name)
-        check_invalid_share(result, max_invalid_fraction)
-        write_partitions(result.valid, store, batch.name)
-        known_ids.update(result.valid["transaction_id"])
-        frames.append(result.valid)
-        if not is_from_stream(batch.name):
-            file_frames.append(result.valid)
-        summaries[batch.name] = {
-            "rows": len(raw),
-            "valid": len(result.valid),
-            "quarantined": len(result.quarantined),
-            "reasons": result.reason_counts,
+        tally = ChunkTally(batch.name)
+        try:
+            results = validate_chunks(
+                read_raw_chunks(batch.path, transactions_schema, chunk_rows),
+                transactions_schema,
+                conflicts=conflicts,
+                id_column="transaction_id",
+                batch_name=batch.name,
+                references=references,
+                timestamp_column="event_timestamp",
+                now=_now(),
+            )
+            for part, result in enumerate(results):
+                write_partitions(result.valid, store, batch.name, part=part)
+                tally.add(result)
+                if len(result.valid):
+                    _track_times(ingested, batch, result.valid["event_timestamp"])
+            whole = tally.result()
+            write_quarantine(whole, settings.quarantine_dir, batch.name)
+            check_invalid_share(whole, max_invalid_fraction)
+        except BaseException:
+            remove_batch(store, batch.name)
+            raise
+        ingested.rows += tally.valid_rows
+        ingested.summaries[batch.name] = {
+            "rows": tally.rows,
+            "valid": tally.valid_rows,
+            "quarantined": len(whole.quarantined),
+            "reasons": whole.reason_counts,
         }
-    transactions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    from_files = pd.concat(file_frames, ignore_index=True) if file_frames else pd.DataFrame()
-    return IngestedBatches(transactions, batches, summaries, from_files)
+    return ingested
+
+
+def _track_times(ingested: IngestedBatches, batch: RawBatch, times: pd.Series) -> None:
+    first, newest = times.min(), times.max()
+    ingested.start = min(first, ingested.start or first)
+    if not is_from_stream(batch.name):
+        ingested.newest_from_files = max(newest, ingested.newest_from_files or newest)
 
 
 @dataclass
@@ -179,19 +236,28 @@ class FeatureRows:
 
     appended: dict[str, pd.DataFrame] = field(default_factory=dict)
     replaced: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # Tables the shards wrote to the offline store themselves: only their newest row per entity, to materialize.
+    newest: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def all(self) -> dict[str, pd.DataFrame]:
-        return {**self.replaced, **self.appended}
+        return {**self.replaced, **self.appended, **self.newest}
 
 
 @dataclass
 class FeatureInputs:
-    """What the feature computations of one run read: new rows, their look-back, and the known labels."""
+    """What the feature computations of one run read: where its events are, and the known labels."""
 
-    transactions: pd.DataFrame
-    history: pd.DataFrame
+    events: EventSources
     labels: pd.DataFrame
     snapshots: pd.DatetimeIndex
+
+
+@dataclass(frozen=True)
+class WindowShard:
+    """A shard's windowed rows, written to the offline store: how many, and the newest per entity."""
+
+    rows: int
+    newest: pd.DataFrame
 
 
 @task
@@ -211,16 +277,21 @@ def read_window_definitions(settings: Settings) -> list[WindowedView]:
 def load_feature_inputs(
     settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta
 ) -> FeatureInputs:
-    """Read only the look-back the new rows need, and the labels that had arrived by the data's own "now"."""
-    new = ingested.transactions
+    """Find the new rows and the look-back they need, and read the labels that had arrived by the data's "now"."""
     validated = settings.validated_dir / "transactions"
-    start = new["event_timestamp"].min()
-    history = read_partitions(validated, since=start - lookback)
+    start = ingested.start
+    order = {batch.name: i for i, batch in enumerate(ingested.batches)}
+    # In ingestion order: rows that tie on entity and time then meet the windows as they would in one frame.
+    new_files = sorted(
+        batch_files(validated, frozenset(order)), key=lambda f: (order[partition_batch(f)], str(f))
+    )
+    history_files = [
+        f for f in partition_files(validated, since=start - lookback) if partition_batch(f) not in order
+    ]
     as_of = max_timestamp(validated)
     return FeatureInputs(
-        transactions=new,
-        history=history[history["event_timestamp"] < start],
-        labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of),
+        events=EventSources(new_files, history_files, start - lookback, start),
+        labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of, need_ids=False),
         snapshots=risk_snapshots(start, as_of, max_timestamp(settings.offline_dir / "merchant_risk")),
     )
 
@@ -233,14 +304,74 @@ def compute_table(name: str, compute: Callable[..., pd.DataFrame], *args: object
     return frame
 
 
+@task
+def scatter_to_shards(
+    settings: Settings, windows: list[WindowedView], events: EventSources, shard_rows: int, run_name: str
+) -> dict[str, list[Path]]:
+    """Split the run's events into shards of entities, one file per view and shard (see sharding)."""
+    work = settings.data_dir / "shards" / run_name
+    shutil.rmtree(work, ignore_errors=True)
+    shards = shard_count(events.rows(), shard_rows)
+    files = scatter_events(windows, events, shards, work)
+    get_run_logger().info("split %d event files into %d shards per view", len(events.new_files), shards)
+    return files
+
+
+@task
+def compute_window_shard(settings: Settings, view: WindowedView, path: Path, run_name: str) -> WindowShard:
+    """One view's rows for one shard of entities, written to the offline store as that shard's own files."""
+    new, history = read_shard(path)
+    frame = compute_windows(view, new, history)
+    write_partitions(frame, settings.offline_dir / view.name, run_name, part=shard_number(path))
+    # Rows come sorted by stamp: the last of each entity is its newest.
+    return WindowShard(len(frame), frame.drop_duplicates(view.key, keep="last"))
+
+
+def compute_windows_in_shards(
+    settings: Settings,
+    windows: list[WindowedView],
+    events: EventSources,
+    run_name: str,
+    shard_rows: int,
+    parallel_shards: int,
+) -> dict[str, pd.DataFrame]:
+    """Every view's windows, shard by shard on the task runner; returns the newest row per entity of each."""
+    files = scatter_to_shards(settings, windows, events, shard_rows, run_name)
+    for view in windows:
+        remove_batch(settings.offline_dir / view.name, run_name)
+    jobs = [(view, path) for view in windows for path in files[view.name]]
+    futures = []
+    for i, (view, path) in enumerate(jobs):
+        # At most parallel_shards in flight: the runner may have more slots than memory has room for.
+        if i >= parallel_shards:
+            futures[i - parallel_shards].wait()
+        futures.append(compute_window_shard.submit(settings, view, path, run_name))
+    shards = [future.result() for future in futures]
+    shutil.rmtree(settings.data_dir / "shards" / run_name, ignore_errors=True)
+    newest = {}
+    for view in windows:
+        parts = [shard.newest for (v, _), shard in zip(jobs, shards, strict=True) if v is view]
+        newest[view.name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    get_run_logger().info(
+        "computed %s: %d rows in %d shards",
+        ", ".join(v.name for v in windows),
+        sum(s.rows for s in shards),
+        len(jobs),
+    )
+    return newest
+
+
 def compute_features(
     settings: Settings,
     reference: ReferenceTables,
     ingested: IngestedBatches,
     windows: list[WindowedView],
+    run_name: str,
+    shard_rows: int = 2_000_000,
+    parallel_shards: int = 2,
 ) -> FeatureRows:
-    """Submit the feature computations of what is new: profiles of changed tables, windows and risk of new rows."""
-    replaced, appended = {}, {}
+    """The feature computations of what is new: profiles of changed tables, windows and risk of new rows."""
+    replaced, appended, newest = {}, {}, {}
     if "customers" in reference.changed:
         replaced["customer_profile"] = compute_table.submit(
             "customer_profile", compute_customer_profile, reference.customers
@@ -249,20 +380,20 @@ def compute_features(
         replaced["merchant_profile"] = compute_table.submit(
             "merchant_profile", compute_merchant_profile, reference.merchants
         )
-    if not ingested.transactions.empty:
+    if ingested.rows:
         lookback = max(view.horizon for view in windows)
         inputs = load_feature_inputs(settings, ingested, lookback)
-        for view in windows:
-            appended[view.name] = compute_table.submit(
-                view.name, compute_windows, view, inputs.transactions, inputs.history
-            )
         merchants = reference.merchants["merchant_id"].to_numpy()
         appended["merchant_risk"] = compute_table.submit(
             "merchant_risk", compute_merchant_risk, inputs.labels, merchants, inputs.snapshots
         )
+        newest = compute_windows_in_shards(
+            settings, windows, inputs.events, run_name, shard_rows, parallel_shards
+        )
     return FeatureRows(
         appended={name: future.result() for name, future in appended.items()},
         replaced={name: future.result() for name, future in replaced.items()},
+        newest=newest,
     )
 
 
@@ -309,10 +440,20 @@ def materialize_online(settings: Settings, tables: dict[str, pd.DataFrame]) -> d
 @task(retries=3, retry_delay_seconds=[2, 10, 30])
 def publish_recent_history(settings: Settings, ingested: IngestedBatches, windows: list[WindowedView]) -> int:
     """Publish what the window processor needs of the transactions that came from files (see backfill)."""
-    if settings.online_store != "redis" or ingested.from_files.empty:
+    if settings.online_store != "redis" or ingested.newest_from_files is None:
         return 0
     horizon = max(view.horizon for view in windows)
-    published = publish_backfill(settings, recent(ingested.from_files, horizon))
+    from_files = {b.name for b in ingested.batches if not is_from_stream(b.name)}
+    since = ingested.newest_from_files - horizon
+    files = [
+        f
+        for f in partition_files(settings.validated_dir / "transactions", since=since)
+        if partition_batch(f) in from_files
+    ]
+    if not files:
+        return 0
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    published = publish_backfill(settings, recent(frame, horizon))
     get_run_logger().info(
         "published %d transactions of the last %s to %s", published, horizon, settings.stream("transactions")
     )
@@ -339,15 +480,18 @@ def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, i
     # Applying the definitions needs no data, so its fresh interpreter starts while the data is ingested.
     applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
     reference = ingest_reference_tables(settings, max_invalid)
-    ingested = ingest_transactions(settings, reference, max_invalid)
+    ingested = ingest_transactions(settings, reference, max_invalid, params.chunk_rows)
     labels = ingest_labels(settings, max_invalid)
     windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
-    rows = compute_features(settings, reference, ingested, windows)
-    write_offline_store(settings, rows, _run_name(ingested, reference))
+    run_name = _run_name(ingested, reference)
+    rows = compute_features(
+        settings, reference, ingested, windows, run_name, params.shard_rows, params.parallel_shards
+    )
+    write_offline_store(settings, rows, run_name)
     written = materialize_online(settings, rows.all())
     publish_recent_history(settings, ingested, windows)
     record_ingested(settings, ingested, labels)
-    return {"transactions": len(ingested.transactions), "labels": labels.rows, **written}
+    return {"transactions": ingested.rows, "labels": labels.rows, **written}
 
 
 def _run_name(ingested: IngestedBatches, reference: ReferenceTables) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow
+import pyarrow.parquet as pq
 
 from model_store.atomic_files import write_atomically
 
@@ -119,7 +121,48 @@ def read_raw_table(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     unreadable file or a missing required column.
     """
     path = Path(path)
-    raw = _read_file(path)
+    return _typed_table(_read_file(path), schema, path)
+
+
+def read_raw_chunks(path: Path, schema: pa.DataFrameSchema, rows: int) -> Iterator[pd.DataFrame]:
+    """``read_raw_table`` a chunk of at most ``rows`` rows at a time, in file order: a file of any size in
+    bounded memory. Each chunk is typed on its own (a value that does not parse leaves its chunk's column as read).
+    """
+    path = Path(path)
+    for raw in _read_file_chunks(path, rows):
+        yield _typed_table(raw, schema, path)
+
+
+def read_raw_ids(
+    path: Path, schema: pa.DataFrameSchema, id_column: str, rows: int = 1_000_000
+) -> pyarrow.Array:
+    """A raw file's id column as validation sees it (typed as ``read_raw_table`` types it, then parsed), in Arrow
+    strings: compact enough for a whole file's ids, read ``rows`` at a time."""
+    path = Path(path)
+    _check_readable(path)
+    dtype = schema.columns[id_column].dtype.type
+    try:
+        if path.suffix.lower() == ".parquet":
+            parts = (
+                batch.column(0).to_pandas()
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[id_column])
+            )
+        else:
+            parts = (
+                chunk[id_column]
+                for chunk in pd.read_csv(path, usecols=[id_column], dtype=str, chunksize=rows)
+            )
+        arrays = []
+        for values in parts:
+            typed, unparsable = parse_series(values, dtype)
+            as_read = values if unparsable.any() else cast_column(typed, dtype)
+            arrays.append(pyarrow.array(parse_series(as_read, dtype)[0].astype(object), pyarrow.string()))
+    except (OSError, ValueError, KeyError, pyarrow.ArrowException) as exc:
+        raise RawFileError(f"{path}: cannot read column {id_column}: {exc}") from exc
+    return pyarrow.chunked_array(arrays, pyarrow.string()).combine_chunks()
+
+
+def _typed_table(raw: pd.DataFrame, schema: pa.DataFrameSchema, path: Path) -> pd.DataFrame:
     if missing := missing_columns(raw, schema):
         raise RawFileError(
             f"{path}: missing required column(s) {', '.join(missing)}; "
@@ -143,11 +186,27 @@ def cast_column(values: pd.Series, dtype: object) -> pd.Series:
     return values.astype(dtype)
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+def _check_readable(path: Path) -> None:
     if path.suffix.lower() not in RAW_SUFFIXES:
         raise RawFileError(f"{path}: unsupported file type {path.suffix!r}; raw files are .parquet or .csv")
     if not path.is_file():
         raise RawFileError(f"{path}: no such file")
+
+
+def _read_file_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    _check_readable(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+                yield pyarrow.Table.from_batches([batch]).to_pandas()
+        else:
+            yield from pd.read_csv(path, dtype=str, chunksize=rows)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        raise RawFileError(f"{path}: cannot be read as {path.suffix.lower()[1:]}: {exc}") from exc
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    _check_readable(path)
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)

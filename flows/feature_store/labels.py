@@ -143,6 +143,7 @@ def read_labels(
     columns: Sequence[str] = (),
     since: pd.Timestamp | datetime | None = None,
     known_by: pd.Timestamp | datetime | None = None,
+    need_ids: bool = True,
 ) -> pd.DataFrame:
     """One row per labelled validated transaction: ``transaction_id``, ``is_fraud`` (int64), ``label_timestamp``,
     then the transaction's ``columns`` (e.g. ``merchant_id``, ``event_timestamp``), in the transactions' order.
@@ -166,7 +167,18 @@ def read_labels(
             f"validated transactions in {table_dir} lack column(s) {', '.join(map(repr, missing))}: "
             "run the feature pipeline on raw files of the documented schema"
         )
-    frame = read_partitions(table_dir, columns=wanted, since=since)
+    label_table = labels_dir(validated_dir)
+    if not partition_files(label_table):
+        # Inline labels only: unlabelled rows are dropped while reading, and ids are not read when not needed,
+        # so a long history's labels take a fraction of its memory.
+        if not need_ids:
+            wanted.remove("transaction_id")
+        where = pc.field("is_fraud").is_valid() & pc.field("label_timestamp").is_valid()
+        if known_by is not None:
+            where &= pc.field("label_timestamp") <= _utc_scalar(known_by)
+        frame = read_partitions(table_dir, columns=wanted, since=since, where=where)
+    else:
+        frame = read_partitions(table_dir, columns=wanted, since=since)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     frame["label_timestamp"] = pd.to_datetime(frame["label_timestamp"], utc=True)
     frame["is_fraud"] = frame["is_fraud"].astype("float64")
@@ -178,8 +190,16 @@ def read_labels(
     known = frame["is_fraud"].notna() & frame["label_timestamp"].notna()
     if known_by is not None:
         known &= frame["label_timestamp"] <= known_by
-    labels = frame.loc[known, [*LABEL_COLUMNS, *extra]].astype({"is_fraud": "int64"})
+    kept = [c for c in [*LABEL_COLUMNS, *extra] if c in frame.columns]
+    labels = frame.loc[known, kept].astype({"is_fraud": "int64"})
     return labels.reset_index(drop=True)
+
+
+def _utc_scalar(value: pd.Timestamp) -> object:
+    """A timestamp as an Arrow scalar comparable with the tables' ``timestamp[us, UTC]`` columns."""
+    import pyarrow
+
+    return pyarrow.scalar(value, pyarrow.timestamp("us", tz="UTC"))
 
 
 def _apply_label_table(frame: pd.DataFrame, table: pd.DataFrame, validated_dir: Path) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """Date-partitioned Parquet tables: the validated data and Feast's offline store.
 
 Layout: ``<table_dir>/date=YYYY-MM-DD/<batch>-0.parquet`` (``date=YYYY`` for tables written by year). A batch writes one file per day it touches, named
-after the batch, so writing the same batch again replaces its files instead of duplicating rows.
+after the batch, so writing the same batch again replaces its files instead of duplicating rows. A batch written
+in parts (chunks of a large file, shards of a computation) names each part's files ``<batch>-<part>_0.parquet``;
+``remove_batch`` clears a batch's files first, so a re-run in fewer parts leaves none of the old ones behind.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def write_partitions(
     batch_name: str,
     timestamp_column: str = "event_timestamp",
     period: Literal["day", "year"] = "day",
+    part: int | None = None,
 ) -> list[Path]:
     """Write ``frame`` into daily (or, for slowly changing tables spanning years, yearly) partitions."""
     if frame.empty:
@@ -38,7 +41,9 @@ def write_partitions(
         table,
         root_path=str(table_dir),
         partition_cols=["date"],
-        basename_template=f"{batch_name}-{{i}}.parquet",
+        basename_template=f"{batch_name}-{{i}}.parquet"
+        if part is None
+        else f"{batch_name}-{part:05d}_{{i}}.parquet",
         # Same batch, same file names: a re-run replaces its own files and leaves other batches alone.
         existing_data_behavior="overwrite_or_ignore",
         file_visitor=lambda written_file: written.append(Path(written_file.path)),
@@ -85,6 +90,24 @@ def partition_files(table_dir: Path, since: pd.Timestamp | None = None) -> list[
 def partition_batch(path: Path) -> str:
     """The batch that wrote a partition file (``<batch>-<i>.parquet``)."""
     return Path(path).stem.rsplit("-", 1)[0]
+
+
+def batch_files(table_dir: Path, batch_names: set[str] | frozenset[str]) -> list[Path]:
+    """The files of a partitioned table that the named batches wrote, in date order."""
+    return [f for f in partition_files(table_dir) if partition_batch(f) in batch_names]
+
+
+def remove_batch(table_dir: Path, batch_name: str) -> int:
+    """Delete every file a batch wrote to a partitioned table; returns how many."""
+    files = batch_files(table_dir, {batch_name})
+    for f in files:
+        f.unlink()
+    return len(files)
+
+
+def count_rows(files: list[Path]) -> int:
+    """Rows in Parquet files, from their footers."""
+    return sum(pq.read_metadata(f).num_rows for f in files)
 
 
 def table_columns(table_dir: Path) -> list[str]:

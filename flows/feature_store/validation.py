@@ -3,18 +3,26 @@
 Generic over the pandera schema it is given (``flows/fraud_data/schema.py`` holds ours). The rules that need
 context (ids of earlier batches, reference tables, the time of validation, file order) are added to a copy
 of the schema as pandera checks, so one lazy validation reports every failure per row.
+
+A batch too large for memory is validated in chunks, in file order, each chunk given what the rows above it
+decide: the id conflicts of the whole file (``find_id_conflicts``, computed in DuckDB, which spills to disk),
+the latest timestamp so far and the chunk's first row number. Chunks then quarantine exactly the rows, with
+exactly the reasons, the whole batch would.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 
 from flows.feature_store.ingestion import as_utc, cast_column, missing_columns, parse_columns
 
@@ -25,6 +33,7 @@ REASON_COLUMN = "quarantine_reason"
 ROW_COLUMN = "batch_row"
 ORDER_TOLERANCE = pd.Timedelta("1h")
 FUTURE_TOLERANCE = pd.Timedelta("5min")
+DUCKDB_MEMORY = "2GB"
 
 
 class BatchRejectedError(RuntimeError):
@@ -54,6 +63,9 @@ class ValidationResult:
     quarantined: pd.DataFrame
     invalid_fraction: float
     reason_counts: dict[str, int]
+    # The newest timestamp at or before the validation time, of this batch and those before it: a chunk's
+    # ``latest_before`` for the next one.
+    latest: pd.Timestamp | None = None
 
     def summary(self) -> dict[str, object]:
         """Counts for logs and the batch manifest (plain JSON types)."""
@@ -79,6 +91,9 @@ def validate_batch(
     order_tolerance: pd.Timedelta | None = ORDER_TOLERANCE,
     future_tolerance: pd.Timedelta = FUTURE_TOLERANCE,
     row_rules: Sequence[RowRule] = (),
+    first_row: int = 0,
+    latest_before: pd.Timestamp | None = None,
+    duplicates: np.ndarray | None = None,
 ) -> ValidationResult:
     """Split ``df`` into valid rows (the schema's columns and types) and quarantined rows with reasons.
 
@@ -87,6 +102,10 @@ def validate_batch(
     metadata says ``not_in_future``, and ``timestamp_column``, must not be later than ``now`` (default: the
     current time) plus ``future_tolerance``; ``timestamp_column`` must not fall more than ``order_tolerance``
     (None: not checked) behind the latest earlier timestamp in file order; each of ``row_rules`` holds.
+
+    A chunk of a larger batch passes its ``first_row`` in the batch, the ``latest`` of the chunk before it as
+    ``latest_before``, and ``duplicates``, which of its rows repeat an id of an earlier row of the batch (its
+    slice of ``find_id_conflicts``'s answer): they replace the schema's own uniqueness check of ``id_column``.
     """
     if missing := missing_columns(df, schema):
         raise ValueError(f"Batch {batch_name}: missing required column(s) {', '.join(missing)}")
@@ -98,6 +117,8 @@ def validate_batch(
     incoming = df.reset_index(drop=True)
     typed, unparsable = parse_columns(incoming, schema)
     now = pd.Timestamp.now(tz="UTC") if now is None else as_utc(now)
+    if duplicates is not None and id_column is None:
+        raise ValueError("validate_batch: duplicates needs id_column, the column they are ids of")
     checked = add_context_checks(
         schema,
         known_ids=known_ids,
@@ -106,6 +127,8 @@ def validate_batch(
         timestamp_column=timestamp_column,
         latest=now + future_tolerance,
         order_tolerance=order_tolerance,
+        latest_before=latest_before,
+        duplicates=duplicates,
     )
     cases = pd.concat(
         [
@@ -119,6 +142,7 @@ def validate_batch(
 
     rejected = incoming.index.isin(reasons.index)
     quarantined = incoming.loc[rejected].assign(**{REASON_COLUMN: reasons})
+    quarantined.index = quarantined.index + first_row
     quarantined.index.name = ROW_COLUMN
     valid = typed.loc[~rejected].reset_index(drop=True)
     for name, column in schema.columns.items():
@@ -130,9 +154,72 @@ def validate_batch(
         quarantined=quarantined,
         invalid_fraction=len(quarantined) / len(incoming) if len(incoming) else 0.0,
         reason_counts=dict(counts.most_common()),
+        latest=_latest_settled(typed, timestamp_column, now + future_tolerance, latest_before),
     )
     logger.info("Batch %s: %d valid, %d quarantined", batch_name, len(valid), len(quarantined))
     return result
+
+
+def validate_chunks(
+    chunks: Iterable[pd.DataFrame],
+    schema: pa.DataFrameSchema,
+    *,
+    conflicts: IdConflicts,
+    id_column: str,
+    **options: object,
+) -> Iterator[ValidationResult]:
+    """``validate_batch`` over one batch's chunks in file order, each told what the rows above it decide.
+
+    ``conflicts`` is ``find_id_conflicts``'s answer for the whole batch; ``options`` are ``validate_batch``'s.
+    """
+    rows, latest = 0, None
+    for chunk in chunks:
+        result = validate_batch(
+            chunk,
+            schema,
+            known_ids=conflicts.known,
+            id_column=id_column,
+            first_row=rows,
+            latest_before=latest,
+            duplicates=conflicts.duplicates[rows : rows + len(chunk)],
+            **options,  # type: ignore[arg-type]
+        )
+        rows += len(chunk)
+        latest = result.latest
+        yield result
+
+
+@dataclass
+class ChunkTally:
+    """A batch validated chunk by chunk, its valid rows stored as they come: the batch's counts and quarantine."""
+
+    batch_name: str
+    rows: int = 0
+    valid_rows: int = 0
+    latest: pd.Timestamp | None = None
+    quarantined: list[pd.DataFrame] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, result: ValidationResult) -> None:
+        self.rows += len(result.valid) + len(result.quarantined)
+        self.valid_rows += len(result.valid)
+        self.latest = result.latest
+        self.quarantined.append(result.quarantined)
+        self.counts.update(result.reason_counts)
+
+    def result(self) -> ValidationResult:
+        """The batch's result; its ``valid`` holds no columns, only as many rows as were stored."""
+        quarantined = (
+            pd.concat(self.quarantined) if self.quarantined else pd.DataFrame(columns=[REASON_COLUMN])
+        )
+        return ValidationResult(
+            self.batch_name,
+            pd.DataFrame(index=pd.RangeIndex(self.valid_rows)),
+            quarantined,
+            len(quarantined) / self.rows if self.rows else 0.0,
+            dict(self.counts.most_common()),
+            self.latest,
+        )
 
 
 def add_context_checks(
@@ -144,9 +231,12 @@ def add_context_checks(
     timestamp_column: str | None,
     latest: pd.Timestamp,
     order_tolerance: pd.Timedelta | None,
+    latest_before: pd.Timestamp | None = None,
+    duplicates: np.ndarray | None = None,
 ) -> pa.DataFrameSchema:
     """A copy of ``schema`` with the rules that need context, checking the frame ``parse_columns`` returns."""
     checks = {name: list(column.checks) for name, column in schema.columns.items()}
+    updates: dict[str, dict[str, object]] = {}
     if known_ids is not None and id_column is not None:
         earlier = known_ids if isinstance(known_ids, set | frozenset) else set(known_ids)
         checks[id_column].append(
@@ -173,14 +263,21 @@ def add_context_checks(
     if timestamp_column is not None and order_tolerance is not None:
         checks[timestamp_column].append(
             pa.Check(
-                in_order(latest, order_tolerance),
+                in_order(latest, order_tolerance, latest_before),
                 name="in_order",
                 error=f"out of order (more than {_duration(order_tolerance)} before an earlier row)",
             )
         )
-    updates: dict[str, dict[str, object]] = {
-        name: {"checks": column_checks} for name, column_checks in checks.items()
-    }
+    if duplicates is not None and id_column is not None:
+        repeated = np.asarray(duplicates, dtype=bool)
+        # Stands in for pandera's own uniqueness check across chunks: same name, and last, where pandera
+        # reports its own.
+        checks[id_column].append(
+            pa.Check(lambda s: pd.Series(~repeated, index=s.index), name="unique", error="field_uniqueness")
+        )
+        updates[id_column] = {"unique": False}
+    for name, column_checks in checks.items():
+        updates.setdefault(name, {})["checks"] = column_checks
     for name, column in schema.columns.items():
         # parse_columns gives integers as nullable Int64, so a missing id is a not_nullable case, not a dtype error.
         if pd.api.types.is_integer_dtype(column.dtype.type):
@@ -188,16 +285,71 @@ def add_context_checks(
     return schema.update_columns(updates)
 
 
-def in_order(latest: pd.Timestamp, tolerance: pd.Timedelta) -> Callable[[pd.Series], pd.Series]:
-    """A check: each timestamp is at most ``tolerance`` before the latest one of the rows above it."""
+def in_order(
+    latest: pd.Timestamp, tolerance: pd.Timedelta, latest_before: pd.Timestamp | None = None
+) -> Callable[[pd.Series], pd.Series]:
+    """A check: each timestamp is at most ``tolerance`` before the latest one of the rows above it (including
+    ``latest_before``, the latest of the chunks above)."""
 
     def check(timestamps: pd.Series) -> pd.Series:
         # Future timestamps are quarantined on their own and must not make every later row look late.
         settled = timestamps.where(timestamps <= latest)
         running_max = settled.cummax().ffill().shift(1)
+        if latest_before is not None:
+            running_max = running_max.where(running_max >= latest_before, latest_before)
         return ~(timestamps < running_max - tolerance)
 
     return check
+
+
+def _latest_settled(
+    typed: pd.DataFrame, timestamp_column: str | None, latest: pd.Timestamp, before: pd.Timestamp | None
+) -> pd.Timestamp | None:
+    if timestamp_column is None:
+        return None
+    times = typed[timestamp_column]
+    newest = times.where(times <= latest).max()
+    candidates = [t for t in (newest, before) if t is not None and not pd.isna(t)]
+    return max(candidates) if candidates else None
+
+
+@dataclass(frozen=True)
+class IdConflicts:
+    """What the ids of a whole batch decide row by row: repeats of an earlier row's id, ids stored before."""
+
+    duplicates: np.ndarray
+    known: set[str]
+
+
+def find_id_conflicts(ids: pyarrow.Array, stored_files: Sequence[Path], stored_column: str) -> IdConflicts:
+    """Which rows repeat the id of an earlier row (the first stays valid) and which ids ``stored_files`` hold.
+
+    Computed by DuckDB, which spills to disk, so neither the batch's ids nor the stored ones (a hundred
+    million strings take gigabytes as Python objects) need to fit in memory.
+    """
+    import duckdb
+
+    ids = ids.cast(pyarrow.string()) if not pyarrow.types.is_string(ids.type) else ids
+    batch = pyarrow.table({"id": ids, "row": pyarrow.array(np.arange(len(ids), dtype=np.int64))})
+    with duckdb.connect() as con:
+        # Beyond this DuckDB spills to disk: the pipeline's other stages need the rest of the memory.
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+        con.execute(f"SET temp_directory = '{Path(tempfile.gettempdir()) / 'rtml-duckdb'}'")
+        con.register("batch", batch)
+        repeated = con.execute(
+            "SELECT row FROM batch WHERE id IS NOT NULL "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY row) > 1"
+        ).fetchnumpy()["row"]
+        known: set[str] = set()
+        if stored_files:
+            stored = con.execute(
+                f"SELECT DISTINCT id FROM batch WHERE id IN (SELECT {stored_column} FROM read_parquet(?))",
+                [[str(f) for f in stored_files]],
+            ).fetchall()
+            known = {row[0] for row in stored}
+    duplicates = np.zeros(len(ids), dtype=bool)
+    duplicates[repeated] = True
+    return IdConflicts(duplicates, known)
 
 
 def count_reasons(cases: pd.DataFrame, columns: list[str]) -> Counter:
@@ -251,7 +403,8 @@ def row_rule_reasons(rule: RowRule, typed: pd.DataFrame) -> pd.DataFrame:
 def _in_column_order(cases: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     position = {name: i for i, name in enumerate(columns)}
     cases = cases.assign(position=cases["column"].map(position).fillna(len(position)))
-    return cases.sort_values(["index", "position"], kind="stable")
+    # Within a column by reason: pandera lists one row's failed checks in no fixed order.
+    return cases.sort_values(["index", "position", "reason"], kind="stable")
 
 
 def join_reasons(cases: pd.DataFrame, columns: list[str]) -> pd.Series:

@@ -37,6 +37,8 @@ ENTITY_COLUMNS = ("transaction_id", "customer_id", "merchant_id", TIMESTAMP)
 REQUEST_COLUMNS = ("amount", "channel", "transaction_unix")
 SLICE_COLUMNS = ("channel", "merchant_category")
 WEIGHT = "sample_weight"
+# Entity rows per point-in-time join: bounds the offline store's memory whatever the training set's size.
+JOIN_ROWS = 500_000
 
 
 @dataclass(frozen=True)
@@ -185,13 +187,25 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
     return entities
 
 
-def retrieve_features(store: FeatureStore, spec: FeatureSpec, entities: pd.DataFrame) -> pd.DataFrame:
-    """Each entity row joined to the service's features as they were at its ``event_timestamp``."""
+def retrieve_features(
+    store: FeatureStore, spec: FeatureSpec, entities: pd.DataFrame, batch_rows: int = JOIN_ROWS
+) -> pd.DataFrame:
+    """Each entity row joined to the service's features as they were at its ``event_timestamp``.
+
+    The join runs on at most ``batch_rows`` entity rows at a time, in time order: a row's point-in-time values
+    do not depend on the other rows, and the offline store's join holds its whole entity frame and result.
+    """
     service = store.get_feature_service(spec.feature_service)
-    job = store.get_historical_features(entity_df=entities, features=service, full_feature_names=False)
-    frame = job.to_df()
+    ordered = entities.sort_values(TIMESTAMP, kind="stable")
+    parts = [
+        store.get_historical_features(
+            entity_df=ordered.iloc[begin : begin + batch_rows], features=service, full_feature_names=False
+        ).to_df()
+        for begin in range(0, max(len(ordered), 1), batch_rows)
+    ]
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     # A request field the on-demand view passes through (``channel``) comes back twice; the copies are equal.
-    frame = frame.loc[:, ~frame.columns.duplicated()]
+    frame = frame.loc[:, ~frame.columns.duplicated()].copy()
     missing = [name for name in spec.features if name not in frame.columns]
     if missing:
         raise ValueError(f"Feast returned no column for feature(s) {missing} of {spec.feature_service!r}")

@@ -16,6 +16,7 @@ import redis
 
 from flows.feature_pipeline import IngestedBatches, feature_pipeline, load_feature_inputs
 from flows.feature_store.definitions import apply_definitions
+from flows.feature_store.ingestion import RawBatch
 from flows.feature_store.labels import read_labels, write_validated_labels
 from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
 from flows.fraud_data.features import compute_merchant_risk
@@ -342,7 +343,10 @@ def test_merchant_risk_counts_labels_that_arrived_on_their_own(settings: Setting
     )
     write_partitions(new, validated / "transactions", "tx-2")
 
-    inputs = load_feature_inputs.fn(settings, IngestedBatches(new, [], {}), pd.Timedelta("1D"))
+    run = IngestedBatches(
+        [RawBatch(Path("tx-2.parquet"), "tx-2", "")], {}, rows=2, start=new["event_timestamp"].min()
+    )
+    inputs = load_feature_inputs.fn(settings, run, pd.Timedelta("1D"))
 
     assert sorted(inputs.labels["transaction_id"]) == sorted(feed["transaction_id"])
     assert inputs.labels.set_index("transaction_id").at["late", "merchant_id"] == 10

@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from flows.feature_store.ingestion import read_raw_chunks, read_raw_ids, read_raw_table
 from flows.feature_store.validation import (
     REASON_COLUMN,
     ROW_COLUMN,
     BatchRejectedError,
+    ChunkTally,
     RowRule,
     ValidationResult,
     check_invalid_share,
+    find_id_conflicts,
     validate_batch,
+    validate_chunks,
     write_quarantine,
 )
 from flows.fraud_data.schema import CHANNELS, MAX_AMOUNT, customers_schema, transactions_schema
@@ -405,3 +410,93 @@ def test_summary_is_plain_counts() -> None:
         "invalid_fraction": pytest.approx(1 / 6),
         "reason_counts": {"amount: greater_than(0)": 1},
     }
+
+
+def messy_batch(rows: int = 2_400, seed: int = 5) -> pd.DataFrame:
+    """A batch as a CSV delivers it, with every kind of bad row, several of them right at chunk boundaries."""
+    rng = np.random.default_rng(seed)
+    events = pd.date_range("2026-02-20", periods=rows, freq="3min", tz="UTC").as_unit("us")
+    batch = pd.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(rows)],
+            "event_timestamp": events,
+            "customer_id": rng.integers(1, 4, rows),
+            "merchant_id": rng.integers(10, 12, rows),
+            "amount": np.round(rng.uniform(1, 90, rows), 2),
+            "channel": rng.choice(list(CHANNELS), rows),
+            "is_fraud": pd.array([None] * rows, dtype="Int64"),
+            "label_timestamp": pd.Series(pd.NaT, index=range(rows), dtype=events.dtype),
+            "oracle_probability": 0.01,
+        }
+    ).astype(object)
+    picks = rng.choice(rows, 160, replace=False)
+    for i, row in enumerate(picks):
+        kind = i % 8
+        if kind == 0:  # repeats an id, often one from an earlier chunk
+            batch.at[row, "transaction_id"] = f"t{rng.integers(0, rows)}"
+        elif kind == 1:
+            batch.at[row, "amount"] = rng.choice(["abc", -3.0, MAX_AMOUNT + 1])
+        elif kind == 2:  # late: more than an hour behind an earlier row
+            batch.at[row, "event_timestamp"] = events[row] - pd.Timedelta("3h")
+        elif kind == 3:  # in the future: must not make later rows, in later chunks too, look late
+            batch.at[row, "event_timestamp"] = NOW + pd.Timedelta("2D")
+        elif kind == 4:
+            batch.at[row, "customer_id"] = rng.choice([99, "c-9", None])
+        elif kind == 5:
+            batch.at[row, "transaction_id"] = rng.choice(["", None, "stored-1", "stored-2"])
+        elif kind == 6:
+            batch.at[row, "is_fraud"] = 1
+        else:
+            batch.at[row, "channel"] = "atm"
+    # Across a boundary of 500-row chunks: a duplicate pair and a late row right after a chunk starts.
+    batch.at[500, "transaction_id"] = "t499"
+    batch.at[1000, "event_timestamp"] = events[999] - pd.Timedelta("2h")
+    return batch
+
+
+@pytest.mark.parametrize("chunk_rows", [97, 500, 777, 10_000])
+def test_chunked_validation_quarantines_exactly_what_whole_batch_validation_does(
+    tmp_path: Path, chunk_rows: int
+) -> None:
+    path = tmp_path / "batch.csv"
+    messy_batch().to_csv(path, index=False)
+    stored = tmp_path / "stored" / "part.parquet"
+    stored.parent.mkdir()
+    pd.DataFrame({"transaction_id": ["stored-1", "stored-2", "t7"]}).to_parquet(stored)
+    options = {
+        "batch_name": "messy",
+        "id_column": "transaction_id",
+        "references": REFERENCES,
+        "timestamp_column": "event_timestamp",
+        "now": NOW,
+    }
+    whole = validate_batch(
+        read_raw_table(path, transactions_schema),
+        transactions_schema,
+        known_ids={"stored-1", "stored-2", "t7"},
+        **options,
+    )
+
+    conflicts = find_id_conflicts(
+        read_raw_ids(path, transactions_schema, "transaction_id"), [stored], "transaction_id"
+    )
+    tally = ChunkTally("messy")
+    valid = []
+    for result in validate_chunks(
+        read_raw_chunks(path, transactions_schema, chunk_rows),
+        transactions_schema,
+        conflicts=conflicts,
+        **options,
+    ):
+        tally.add(result)
+        valid.append(result.valid)
+    chunked = tally.result()
+
+    assert 100 < len(whole.quarantined) < 300
+    pd.testing.assert_series_equal(
+        chunked.quarantined[REASON_COLUMN], whole.quarantined[REASON_COLUMN], check_dtype=False
+    )
+    assert chunked.quarantined.index.name == ROW_COLUMN
+    assert chunked.reason_counts == whole.reason_counts
+    assert chunked.invalid_fraction == whole.invalid_fraction
+    pd.testing.assert_frame_equal(pd.concat(valid, ignore_index=True), whole.valid)

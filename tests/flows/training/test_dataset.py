@@ -268,3 +268,25 @@ def test_split_is_by_time_and_refuses_a_split_without_both_classes() -> None:
 def test_an_unknown_feature_service_says_what_to_do(pipeline_settings: Settings) -> None:
     with pytest.raises(LookupError, match="run the feature pipeline"):
         read_feature_spec(open_feature_store(pipeline_settings), "no_such_service_v9")
+
+
+def test_the_join_in_batches_gives_the_rows_of_one_join(settings: Settings) -> None:
+    _write_constructed_store(settings)
+    _feast_apply(settings)
+    store = open_feature_store(settings)
+    spec = read_feature_spec(store, settings.feature_service)
+    transactions = pd.DataFrame(
+        {
+            "transaction_id": ["later", "at_T", "between"],
+            "customer_id": [1, 1, 1],
+            "merchant_id": [1, 1, 1],
+            "event_timestamp": [T + pd.Timedelta("2h"), T, T + pd.Timedelta("1h")],
+            "amount": [20.0, 20.0, 35.0],
+            "channel": ["chip", "online", "online"],
+        }
+    )
+    whole = retrieve_features(store, spec, entity_frame(transactions))
+    batched = retrieve_features(store, spec, entity_frame(transactions), batch_rows=2)
+
+    pd.testing.assert_frame_equal(batched, whole)
+    assert list(batched["transaction_id"]) == ["at_T", "between", "later"]
