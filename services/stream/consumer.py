@@ -38,7 +38,8 @@ from services.packed_commands import Command, TransactionAborted, send_transacti
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 5.0
+# Redis answering again is noticed within a second (a log line per retry while it is down).
+MAX_BACKOFF_SECONDS = 1.0
 LAG_CHECK_SECONDS = 2.0
 
 
@@ -48,7 +49,7 @@ class Fence(Protocol):
     key: str
     token: bytes
 
-    async def renew(self) -> bool: ...
+    async def renew(self, reacquire: bool = False) -> bool: ...
 
 
 @dataclass
@@ -124,6 +125,7 @@ class GroupConsumer:
         self._stopping = asyncio.Event()
         self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
         self._claimed = False
+        self._state_reloaded = False
         self._in_flight: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
         # Entries another member read and never acknowledged are taken over once idle this long: at once
@@ -150,8 +152,10 @@ class GroupConsumer:
                     groups_ready = True
                 if not self._claimed:
                     await self.claim_pending()
-                if self.fence is not None and not await self.fence.renew():
-                    raise FenceLost(f"lease {self.fence.key} is held by another process")
+                if self.fence is not None:
+                    if not await self.fence.renew(reacquire=self._state_reloaded):
+                        raise FenceLost(f"lease {self.fence.key} is held by another process")
+                    self._state_reloaded = False
                 entries = await self.read()
                 self.stats.redis_ok = True
                 if entries:
@@ -173,6 +177,8 @@ class GroupConsumer:
                 self._claimed = False
                 if self.on_state_lost is not None:
                     self.on_state_lost()
+                # A lease that expired during the outage may be taken again: the state is read anew.
+                self._state_reloaded = True
                 logger.warning(
                     "%s: Redis unreachable (%s); retrying in %.1fs",
                     self.group,

@@ -435,3 +435,29 @@ def test_a_processor_with_another_partition_count_waits_for_the_running_ones(
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_lease_expired_during_an_outage_is_taken_again_unless_another_holds_it(
+    stream_settings: StreamSettings,
+) -> None:
+    """After a Redis outage longer than the lease (found by the chaos suite: the processor exited instead of
+    carrying on), the consumer asks to reacquire: an expired lease is taken again, a lease held by another is not."""
+    from services.stream.processor import PartitionLease, lease_key
+
+    async def run() -> None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(stream_settings.redis_url)
+        key = lease_key(stream_settings.feast_project, 0, 1)
+        lease = PartitionLease(client, key, b"ours", 0.3)
+        assert await lease.acquire()
+        await asyncio.sleep(0.4)  # expired, as during a Redis outage
+        assert not await lease.renew()
+        assert await lease.renew(reacquire=True)
+        assert await client.get(key) == b"ours" and await client.pttl(key) > 0
+        await client.set(key, b"theirs", px=5_000)  # a spare took it first
+        assert not await lease.renew(reacquire=True)
+        assert await client.get(key) == b"theirs"
+        await client.aclose()
+
+    asyncio.run(run())
