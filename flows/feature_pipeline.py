@@ -21,10 +21,22 @@ from pydantic import BaseModel, Field
 
 from flows.feature_store.backfill import is_from_stream, publish_backfill, recent
 from flows.feature_store.definitions import apply_definitions
-from flows.feature_store.ingestion import RawBatch, find_new_batches, read_raw_table, record_batch
+from flows.feature_store.ingestion import (
+    RawBatch,
+    RawFileError,
+    find_new_batches,
+    read_raw_table,
+    record_batch,
+    refuse_batch,
+)
 from flows.feature_store.labels import read_labels, validate_labels, write_validated_labels
 from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
-from flows.feature_store.validation import check_invalid_share, validate_batch, write_quarantine
+from flows.feature_store.validation import (
+    BatchRejectedError,
+    check_invalid_share,
+    validate_batch,
+    write_quarantine,
+)
 from flows.fraud_data.features import (
     compute_customer_profile,
     compute_merchant_profile,
@@ -94,7 +106,11 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
 def ingest_transactions(
     settings: Settings, reference: ReferenceTables, max_invalid_fraction: float
 ) -> IngestedBatches:
-    """Validate each new transactions file; good rows join the validated store, bad ones go to quarantine."""
+    """Validate each new transactions file; good rows join the validated store, bad ones go to quarantine.
+
+    A file that cannot be read, or whose share of bad rows is too high, is refused (``refuse_batch``: its name and
+    the reason under ``quarantine/refused/``) and the run goes on with the other batches.
+    """
     manifest = settings.data_dir / "transactions_manifest.json"
     batches = find_new_batches(settings.raw_dir / "transactions", manifest)
     store = settings.validated_dir / "transactions"
@@ -105,21 +121,26 @@ def ingest_transactions(
         "customer_id": set(reference.customers["customer_id"]),
         "merchant_id": set(reference.merchants["merchant_id"]),
     }
-    frames, file_frames, summaries = [], [], {}
+    frames, file_frames, summaries, accepted = [], [], {}, []
     for batch in batches:
-        raw = read_raw_table(batch.path, transactions_schema)
-        result = validate_batch(
-            raw,
-            transactions_schema,
-            batch_name=batch.name,
-            known_ids=known_ids,
-            id_column="transaction_id",
-            references=references,
-            timestamp_column="event_timestamp",
-            now=_now(),
-        )
-        write_quarantine(result, settings.quarantine_dir, batch.name)
-        check_invalid_share(result, max_invalid_fraction)
+        try:
+            raw = read_raw_table(batch.path, transactions_schema, settings.max_raw_file_bytes)
+            result = validate_batch(
+                raw,
+                transactions_schema,
+                batch_name=batch.name,
+                known_ids=known_ids,
+                id_column="transaction_id",
+                references=references,
+                timestamp_column="event_timestamp",
+                now=_now(),
+            )
+            write_quarantine(result, settings.quarantine_dir, batch.name)
+            check_invalid_share(result, max_invalid_fraction)
+        except (RawFileError, BatchRejectedError) as refused:
+            refuse_batch(manifest, batch, str(refused), settings.quarantine_dir / "refused")
+            continue
+        accepted.append(batch)
         write_partitions(result.valid, store, batch.name)
         known_ids.update(result.valid["transaction_id"])
         frames.append(result.valid)
@@ -133,7 +154,7 @@ def ingest_transactions(
         }
     transactions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     from_files = pd.concat(file_frames, ignore_index=True) if file_frames else pd.DataFrame()
-    return IngestedBatches(transactions, batches, summaries, from_files)
+    return IngestedBatches(transactions, accepted, summaries, from_files)
 
 
 @dataclass
@@ -151,14 +172,19 @@ def ingest_labels(settings: Settings, max_invalid_fraction: float) -> IngestedLa
     logger = get_run_logger()
     manifest = settings.data_dir / "labels_manifest.json"
     batches = find_new_batches(settings.raw_dir / "labels", manifest)
-    rows, summaries = 0, {}
+    rows, summaries, accepted = 0, {}, []
     for batch in batches:
-        raw = read_raw_table(batch.path, labels_schema)
-        result = validate_labels(
-            raw, labels_schema, validated_dir=settings.validated_dir, batch_name=batch.name, now=_now()
-        )
-        write_quarantine(result, settings.quarantine_dir / "labels", batch.name)
-        check_invalid_share(result, max_invalid_fraction)
+        try:
+            raw = read_raw_table(batch.path, labels_schema, settings.max_raw_file_bytes)
+            result = validate_labels(
+                raw, labels_schema, validated_dir=settings.validated_dir, batch_name=batch.name, now=_now()
+            )
+            write_quarantine(result, settings.quarantine_dir / "labels", batch.name)
+            check_invalid_share(result, max_invalid_fraction)
+        except (RawFileError, BatchRejectedError) as refused:
+            refuse_batch(manifest, batch, str(refused), settings.quarantine_dir / "labels" / "refused")
+            continue
+        accepted.append(batch)
         write_validated_labels(result.valid, settings.validated_dir, batch.name)
         rows += len(result.valid)
         summaries[batch.name] = {
@@ -170,7 +196,7 @@ def ingest_labels(settings: Settings, max_invalid_fraction: float) -> IngestedLa
         logger.info(
             "labels %s: %d valid, %d quarantined", batch.name, len(result.valid), len(result.quarantined)
         )
-    return IngestedLabels(rows, batches, summaries)
+    return IngestedLabels(rows, accepted, summaries)
 
 
 @dataclass

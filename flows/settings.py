@@ -10,7 +10,16 @@ from model_store.settings import Settings, cached_settings
 class FlowSettings(Settings):
     """What the Prefect flows read, and nothing the services need."""
 
-    max_invalid_fraction: float = Field(0.05, ge=0, le=1, description="Share of bad rows that fails a batch.")
+    max_invalid_fraction: float = Field(
+        0.05, ge=0, le=1, description="Share of bad rows that refuses a batch (the run goes on without it)."
+    )
+    # A raw file is read whole into memory: one of 1 GB would take several times that. 1M transactions are ~100 MB.
+    max_raw_file_mb: float = Field(256, gt=0, description="Raw files larger than this are refused unread.")
+
+    @property
+    def max_raw_file_bytes(self) -> int:
+        return int(self.max_raw_file_mb * 2**20)
+
     alert_webhook_url: SecretStr | None = Field(
         None, description="Drift/decay alerts are POSTed here as JSON."
     )
