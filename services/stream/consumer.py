@@ -49,6 +49,8 @@ class Fence(Protocol):
     key: str
     token: bytes
 
+    def renewal_due(self) -> bool: ...
+
     async def renew(self, reacquire: bool = False) -> bool: ...
 
 
@@ -152,7 +154,10 @@ class GroupConsumer:
                     groups_ready = True
                 if not self._claimed:
                     await self.claim_pending()
-                if self.fence is not None:
+                if self.fence is not None and (self._state_reloaded or self.fence.renewal_due()):
+                    # A renewal touches the watched lease key: never while a commit is between WATCH and EXEC
+                    # (the commit would abort as if another process had taken the lease).
+                    await self.settle()
                     if not await self.fence.renew(reacquire=self._state_reloaded):
                         raise FenceLost(f"lease {self.fence.key} is held by another process")
                     self._state_reloaded = False

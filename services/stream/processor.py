@@ -396,13 +396,17 @@ class PartitionLease:
             return True
         return False
 
+    def renewal_due(self) -> bool:
+        """A third of the lease has passed since it was last renewed."""
+        return time.monotonic() - self._renewed >= self.ttl_ms / 3000
+
     async def renew(self, reacquire: bool = False) -> bool:
         """Extend the lease (at most every third of its length); False once another process holds it.
 
         ``reacquire`` (after a Redis outage, the state read anew): a lease that expired while Redis was down and
         nobody took since is taken again, instead of stopping a process no other one replaced.
         """
-        if not reacquire and time.monotonic() - self._renewed < self.ttl_ms / 3000:
+        if not reacquire and not self.renewal_due():
             return True
         script = self.REACQUIRE if reacquire else self.RENEW
         held = await self.client.eval(script, 1, self.key, self.token, self.ttl_ms)
