@@ -67,6 +67,7 @@ bench: .venv/.synced services
 # The fault scenarios of tests/chaos/ at full length (make test runs them short), each printing its figures.
 chaos: .venv/.synced services databases
 	RTML_CHAOS=full .venv/bin/pytest -q -p no:cacheprovider tests/chaos
+	$(PY) tests/benchmarks/bench_stream.py --phases recovery --events 200000 --kills 5
 
 # Every locked package (the project's, dev included, and the security tools') against PyPI's vulnerability data.
 # --strict fails when a package cannot be audited (offline, PyPI's JSON API unreachable) instead of passing it by.

@@ -10,7 +10,6 @@ transactions' time, and labels are read through ``read_labels`` as of each snaps
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.feature_store.backfill import is_from_stream, publish_backfill, recent
+from flows.feature_store.data_lock import data_lock
 from flows.feature_store.definitions import apply_definitions
 from flows.feature_store.ingestion import (
     RawBatch,
@@ -30,7 +30,12 @@ from flows.feature_store.ingestion import (
     refuse_batch,
 )
 from flows.feature_store.labels import read_labels, validate_labels, write_validated_labels
-from flows.feature_store.offline_store import max_timestamp, read_partitions, write_partitions
+from flows.feature_store.offline_store import (
+    max_timestamp,
+    read_partitions,
+    replace_table,
+    write_partitions,
+)
 from flows.feature_store.validation import (
     BatchRejectedError,
     check_invalid_share,
@@ -46,6 +51,7 @@ from flows.fraud_data.features import (
 from flows.fraud_data.schema import customers_schema, labels_schema, merchants_schema, transactions_schema
 from flows.settings import get_flow_settings
 from model_store import libraries
+from model_store.atomic_files import write_atomically
 from model_store.settings import Settings, redacted_url
 from services.stream.windows import WindowedView, compute_windows, windowed_views
 
@@ -64,6 +70,8 @@ class ReferenceTables:
     customers: pd.DataFrame
     merchants: pd.DataFrame
     changed: list[str] = field(default_factory=list)
+    # Recorded in the manifest at the end of the run, so a run killed before recomputes their profiles.
+    batches: list[tuple[RawBatch, dict]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +89,7 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
     manifest = settings.data_dir / "reference_manifest.json"
     new = {b.name: b for b in find_new_batches(settings.raw_dir, manifest)}
     tables: dict[str, pd.DataFrame] = {}
+    done = []
     for name, schema, id_column in (
         ("customers", customers_schema, "customer_id"),
         ("merchants", merchants_schema, "merchant_id"),
@@ -91,15 +100,14 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
             result = validate_batch(frame, schema, batch_name=name, id_column=id_column, now=_now())
             write_quarantine(result, settings.quarantine_dir, name)
             check_invalid_share(result, max_invalid_fraction)
-            validated.parent.mkdir(parents=True, exist_ok=True)
-            result.valid.to_parquet(validated, index=False)
-            record_batch(manifest, new[name], {"rows": len(frame), "quarantined": len(result.quarantined)})
+            write_atomically(validated, lambda path, valid=result.valid: valid.to_parquet(path, index=False))
+            done.append((new[name], {"rows": len(frame), "quarantined": len(result.quarantined)}))
         elif not validated.exists():
             raise FileNotFoundError(
                 f"{settings.raw_dir / name}.parquet (or .csv) is missing: the pipeline needs the {name} table"
             )
         tables[name] = pd.read_parquet(validated)
-    return ReferenceTables(tables["customers"], tables["merchants"], changed=sorted(new))
+    return ReferenceTables(tables["customers"], tables["merchants"], changed=sorted(new), batches=done)
 
 
 @task
@@ -114,8 +122,12 @@ def ingest_transactions(
     manifest = settings.data_dir / "transactions_manifest.json"
     batches = find_new_batches(settings.raw_dir / "transactions", manifest)
     store = settings.validated_dir / "transactions"
+    # Ids of earlier batches: a batch run again after a crash must not take its own rows for duplicates.
+    retried = {batch.name for batch in batches}
     known_ids = (
-        set(read_partitions(store, columns=["transaction_id"])["transaction_id"]) if batches else set()
+        set(read_partitions(store, columns=["transaction_id"], skip_batches=retried)["transaction_id"])
+        if batches
+        else set()
     )
     references = {
         "customer_id": set(reference.customers["customer_id"]),
@@ -235,9 +247,13 @@ def read_window_definitions(settings: Settings) -> list[WindowedView]:
 
 @task
 def load_feature_inputs(
-    settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta
+    settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta, run_name: str
 ) -> FeatureInputs:
-    """Read only the look-back the new rows need, and the labels that had arrived by the data's own "now"."""
+    """Read only the look-back the new rows need, and the labels that had arrived by the data's own "now".
+
+    Risk snapshots start after the newest one of earlier runs: one written by this run's inputs before a crash
+    never reached the online store, so it is made (and materialized) again.
+    """
     new = ingested.transactions
     validated = settings.validated_dir / "transactions"
     start = new["event_timestamp"].min()
@@ -247,7 +263,9 @@ def load_feature_inputs(
         transactions=new,
         history=history[history["event_timestamp"] < start],
         labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of),
-        snapshots=risk_snapshots(start, as_of, max_timestamp(settings.offline_dir / "merchant_risk")),
+        snapshots=risk_snapshots(
+            start, as_of, max_timestamp(settings.offline_dir / "merchant_risk", skip_batches={run_name})
+        ),
     )
 
 
@@ -277,7 +295,7 @@ def compute_features(
         )
     if not ingested.transactions.empty:
         lookback = max(view.horizon for view in windows)
-        inputs = load_feature_inputs(settings, ingested, lookback)
+        inputs = load_feature_inputs(settings, ingested, lookback, _run_name(ingested, reference))
         for view in windows:
             appended[view.name] = compute_table.submit(
                 view.name, compute_windows, view, inputs.transactions, inputs.history
@@ -297,8 +315,7 @@ def write_offline_store(settings: Settings, rows: FeatureRows, run_name: str) ->
     """Write the feature rows to Feast's offline store (partitioned Parquet, one folder per feature view)."""
     files = 0
     for name, frame in rows.replaced.items():
-        shutil.rmtree(settings.offline_dir / name, ignore_errors=True)
-        files += len(write_partitions(frame, settings.offline_dir / name, name, period="year"))
+        files += len(replace_table(frame, settings.offline_dir / name, name, period="year"))
     for name, frame in rows.appended.items():
         files += len(write_partitions(frame, settings.offline_dir / name, run_name))
     return files
@@ -346,8 +363,12 @@ def publish_recent_history(settings: Settings, ingested: IngestedBatches, window
 
 
 @task
-def record_ingested(settings: Settings, ingested: IngestedBatches, labels: IngestedLabels) -> None:
-    """Mark the batches done only now, so a failed run retries them."""
+def record_ingested(
+    settings: Settings, reference: ReferenceTables, ingested: IngestedBatches, labels: IngestedLabels
+) -> None:
+    """Mark the batches done only now, so a failed (or killed) run retries them."""
+    for batch, summary in reference.batches:
+        record_batch(settings.data_dir / "reference_manifest.json", batch, summary)
     for manifest, done in (("transactions_manifest.json", ingested), ("labels_manifest.json", labels)):
         for batch in done.batches:
             record_batch(settings.data_dir / manifest, batch, done.summaries[batch.name])
@@ -362,17 +383,21 @@ def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, i
     max_invalid = (
         settings.max_invalid_fraction if params.max_invalid_fraction is None else params.max_invalid_fraction
     )
-    # Applying the definitions needs no data, so its fresh interpreter starts while the data is ingested.
-    applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
-    reference = ingest_reference_tables(settings, max_invalid)
-    ingested = ingest_transactions(settings, reference, max_invalid)
-    labels = ingest_labels(settings, max_invalid)
-    windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
-    rows = compute_features(settings, reference, ingested, windows)
-    write_offline_store(settings, rows, _run_name(ingested, reference))
-    written = materialize_online(settings, rows.all())
-    publish_recent_history(settings, ingested, windows)
-    record_ingested(settings, ingested, labels)
+    # One run at a time writes the data folders; another waits for it (flows/feature_store/data_lock.py).
+    with data_lock(
+        settings.data_dir, "feature_pipeline", True, settings.data_lock_wait_seconds, get_run_logger()
+    ):
+        # Applying the definitions needs no data, so its fresh interpreter starts while the data is ingested.
+        applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
+        reference = ingest_reference_tables(settings, max_invalid)
+        ingested = ingest_transactions(settings, reference, max_invalid)
+        labels = ingest_labels(settings, max_invalid)
+        windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
+        rows = compute_features(settings, reference, ingested, windows)
+        write_offline_store(settings, rows, _run_name(ingested, reference))
+        written = materialize_online(settings, rows.all())
+        publish_recent_history(settings, ingested, windows)
+        record_ingested(settings, reference, ingested, labels)
     return {"transactions": len(ingested.transactions), "labels": labels.rows, **written}
 
 

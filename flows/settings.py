@@ -16,6 +16,12 @@ class FlowSettings(Settings):
     # A raw file is read whole into memory: one of 1 GB would take several times that. 1M transactions are ~100 MB.
     max_raw_file_mb: float = Field(256, gt=0, description="Raw files larger than this are refused unread.")
 
+    data_lock_wait_seconds: float = Field(
+        3600,
+        ge=0,
+        description="How long a feature-pipeline run or a training set waits for another run's data lock.",
+    )
+
     @property
     def max_raw_file_bytes(self) -> int:
         return int(self.max_raw_file_mb * 2**20)

@@ -342,7 +342,7 @@ def test_merchant_risk_counts_labels_that_arrived_on_their_own(settings: Setting
     )
     write_partitions(new, validated / "transactions", "tx-2")
 
-    inputs = load_feature_inputs.fn(settings, IngestedBatches(new, [], {}), pd.Timedelta("1D"))
+    inputs = load_feature_inputs.fn(settings, IngestedBatches(new, [], {}), pd.Timedelta("1D"), "tx-2")
 
     assert sorted(inputs.labels["transaction_id"]) == sorted(feed["transaction_id"])
     assert inputs.labels.set_index("transaction_id").at["late", "merchant_id"] == 10
