@@ -7,6 +7,7 @@ the scenario's figures. Tests assert outcomes (nothing lost, the right status co
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -37,6 +38,26 @@ FULL = os.environ.get("RTML_CHAOS") == "full"
 def scaled(short: float, full: float) -> float:
     """The short figure in ``make test``, the full one in ``make chaos``."""
     return full if FULL else short
+
+
+class LogLines(logging.Handler):
+    """The messages a logger emits, as text (add it to the logger: some set ``propagate`` off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def visible_parquet(root: Path) -> list[Path]:
+    """Parquet files a reader finds: none of a hidden file or folder (the writers' temporary ones)."""
+    return sorted(
+        p
+        for p in root.rglob("*.parquet")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 @pytest.fixture

@@ -22,18 +22,8 @@ from prefect import flow
 
 from flows.feature_store.offline_store import read_partitions
 from model_store.settings import REPO_ROOT, Settings, get_settings
+from tests.chaos.conftest import LogLines
 from tests.fixtures.pipeline import generate_small_raw
-
-
-class RunMessages(logging.Handler):
-    """What the task runs log (Prefect's run logger), kept as text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def start_pipeline(api_url: str, log: Path) -> subprocess.Popen[bytes]:
@@ -101,7 +91,7 @@ def test_a_second_run_waits_and_a_training_set_is_never_read_mid_run(
         assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run-2.log").read_text()
         time.sleep(0.05)
     during: dict = {}
-    messages = RunMessages()
+    messages = LogLines()
     logging.getLogger("prefect.task_runs").addHandler(messages)
     try:
         # The run is paused while it holds the lock, so the read surely starts mid-run, then let go.

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from model_store.settings import REPO_ROOT, Settings
-from tests.chaos.conftest import FULL
+from tests.chaos.conftest import FULL, visible_parquet
 from tests.conftest import delete_project_keys, make_settings
 from tests.fixtures.pipeline import generate_small_raw
 
@@ -30,15 +30,6 @@ KILL_POINTS = (
     if FULL
     else [("offline", 3), ("materialize", 2)]
 )
-
-
-def visible_parquet(root: Path) -> list[Path]:
-    """Parquet files a reader finds: none of a hidden file or folder (the writers' temporary ones)."""
-    return sorted(
-        p
-        for p in root.rglob("*.parquet")
-        if not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
 
 
 def files_state(settings: Settings) -> dict[str, pd.DataFrame]:
