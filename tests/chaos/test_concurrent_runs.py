@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,71 +48,66 @@ def read_training_set() -> dict:
 
 
 def test_a_second_run_waits_and_a_training_set_is_never_read_mid_run(
-    settings: Settings,
-    prefect_harness: None,
-    tmp_path: Path,
-    figures: list[str],
+    settings: Settings, prefect_harness: None, tmp_path: Path, figures: list[str]
 ) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    api_url = str(PREFECT_API_URL.value())
+    from flows.feature_pipeline import feature_pipeline
+
     tx = generate_small_raw(settings.raw_dir, end=pd.Timestamp.now(tz="UTC").floor("h"))
-    later = tmp_path / "batch_002.parquet"
-    shutil.move(settings.raw_dir / "transactions" / "batch_002.parquet", later)
-
-    started = time.perf_counter()
-    runs = [start_pipeline(api_url, tmp_path / f"run-{i}.log") for i in range(2)]
-    codes = [run.wait(600) for run in runs]
-    seconds = time.perf_counter() - started
-    logs = [(tmp_path / f"run-{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs
-    waited = [log for log in logs if "waits for the data lock" in log]
-    assert len(waited) == 1 and "held by feature_pipeline (pid" in waited[0]
-
-    validated = read_partitions(settings.validated_dir / "transactions", columns=["transaction_id"])
-    activity = read_partitions(settings.offline_dir / "customer_activity")
-    first = tx[tx["transaction_id"].isin(validated["transaction_id"])]
-    figures.append(
-        f"two runs at once: both exit 0 in {seconds:.1f} s; one waited for the other's lock; "
-        f"{len(validated):,} validated rows ({validated['transaction_id'].nunique():,} distinct), "
-        f"{len(activity):,} customer_activity rows offline"
-    )
-    assert validated["transaction_id"].is_unique and len(first) == len(validated)
-    assert len(activity) == len(validated)
-    assert not activity.duplicated(["customer_id", "event_timestamp"]).any()
-
-    # A training set read while the next batch's run writes.
-    shutil.move(later, settings.raw_dir / "transactions" / "batch_002.parquet")
-    run = start_pipeline(api_url, tmp_path / "run-2.log")
+    log = tmp_path / "first.log"
+    first = start_pipeline(str(PREFECT_API_URL.value()), log)
     lock = settings.data_dir / ".lock"
     deadline = time.monotonic() + 120
     while "feature_pipeline" not in (lock.read_text() if lock.exists() else ""):
-        assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run-2.log").read_text()
+        assert first.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
-    during: dict = {}
+    # The first run is paused while it holds the lock, so the second run and the training read surely start
+    # mid-run; then it goes on.
+    first.send_signal(signal.SIGSTOP)
+    outcomes: dict[str, dict] = {}
     messages = LogLines()
-    logging.getLogger("prefect.task_runs").addHandler(messages)
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(messages)
     try:
-        # The run is paused while it holds the lock, so the read surely starts mid-run, then let go.
-        run.send_signal(signal.SIGSTOP)
-        reader = threading.Thread(target=lambda: during.update(read_training_set()))
+        second = threading.Thread(target=lambda: outcomes.update(second=feature_pipeline()))
+        reader = threading.Thread(target=lambda: outcomes.update(during=read_training_set()))
+        second.start()
         reader.start()
-        deadline = time.monotonic() + 120
-        while not any("training_pipeline waits for the data lock" in m for m in messages.lines):
-            assert reader.is_alive() and time.monotonic() < deadline, messages.lines
+        deadline = time.monotonic() + 180
+        while sum("waits for the data lock" in m for m in messages.lines) < 2:
+            assert second.is_alive() and reader.is_alive() and time.monotonic() < deadline, messages.lines
             time.sleep(0.05)
-        run.send_signal(signal.SIGCONT)
-        assert run.wait(600) == 0, (tmp_path / "run-2.log").read_text()
-        reader.join(300)
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(600) == 0, log.read_text()
+        second.join(600)
+        reader.join(600)
     finally:
-        run.send_signal(signal.SIGCONT)
-        logging.getLogger("prefect.task_runs").removeHandler(messages)
+        first.send_signal(signal.SIGCONT)
+        for logger in loggers:
+            logger.removeHandler(messages)
     after = read_training_set()
-    figures.append(
-        f"training set read during a run: waited for it, then {during['rows']} rows, "
-        f"same as read after: {during['training_frame_hash'] == after['training_frame_hash']}"
-    )
-    assert during["training_frame_hash"] == after["training_frame_hash"]
-    assert during["rows"] == after["rows"]
+
+    waits = [m for m in messages.lines if "waits for the data lock" in m]
     validated = read_partitions(settings.validated_dir / "transactions", columns=["transaction_id"])
+    activity = read_partitions(settings.offline_dir / "customer_activity")
+    during = outcomes["during"]
+    figures.extend(waits)
+    figures.append(
+        f"second run: {outcomes['second']['transactions']} new transactions; {len(validated):,} validated rows "
+        f"({validated['transaction_id'].nunique():,} distinct) of {len(tx):,}; {len(activity):,} "
+        "customer_activity rows offline"
+    )
+    figures.append(
+        f"training set read during the run: {during['rows']['labeled']:,} labeled rows; the same as read after "
+        f"it: {during['training_frame_hash'] == after['training_frame_hash']}"
+    )
+    assert any(m.startswith("feature_pipeline waits") and "held by feature_pipeline (pid" in m for m in waits)
+    assert any(m.startswith("training_pipeline waits") for m in waits)
+    assert outcomes["second"]["transactions"] == 0
     assert validated["transaction_id"].is_unique and len(validated) == len(tx)
+    assert (
+        len(activity) == len(validated) and not activity.duplicated(["customer_id", "event_timestamp"]).any()
+    )
+    assert during["training_frame_hash"] == after["training_frame_hash"] and during["rows"] == after["rows"]
