@@ -280,8 +280,12 @@ def main() -> None:
         "  p99 per window vs the first: "
         + ", ".join(f"{(r['p99_us'] - base) / base * 100:+.0f} %" for r in results[1:])
     )
+    # wrk stops counting at each window's end: the requests then in flight are answered and recorded, not
+    # counted (at most one per connection and window), so the record may hold slightly more.
     print(
-        f"  errors: {errors}; answered 2xx {answered:,}; decision record {recorded:,}; prediction log {logged:,}"
+        f"  errors: {errors}; answered 2xx {answered:,}; decision record {recorded:,} (at least every answered: "
+        f"{recorded >= answered}, in flight at window ends: {recorded - answered}); prediction log {logged:,} "
+        f"(equals the record: {logged == recorded})"
     )
     print("\ntargets:")
     for name, target in TARGETS.items():
