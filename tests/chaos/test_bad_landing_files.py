@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flows.feature_store.ingestion import find_new_batches
 from flows.feature_store.offline_store import read_partitions
 from model_store.settings import Settings
 from tests.chaos.conftest import FULL
@@ -85,5 +86,8 @@ def test_bad_files_are_refused_with_their_reason_and_the_good_batches_proceed(
     )
     assert result["transactions"] == len(validated)
     # Refused content is not read again by the next run (a corrected file is new content).
-    assert feature_pipeline()["transactions"] == 0
+    assert (
+        find_new_batches(settings.raw_dir / "transactions", settings.data_dir / "transactions_manifest.json")
+        == []
+    )
     assert os.path.getsize(settings.raw_dir / "transactions" / "bad_huge.csv") == GIB
