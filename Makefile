@@ -62,12 +62,15 @@ test: .venv/.synced $(SECURITY_TOOLS)/.synced services databases
 
 bench: .venv/.synced services
 	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
-	@for b in tests/benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
+	@for b in $(filter-out %/bench_soak.py,$(wildcard tests/benchmarks/bench_*.py)); do echo "==> $$b"; $(PY) $$b; done
 
-# The fault scenarios of tests/chaos/ at full length (make test runs them short), each printing its figures.
+# The fault scenarios of tests/chaos/ at full length (make test runs them short), each printing its figures, then
+# the processor's kill-and-replay and the 30-minute soak (docs/reliability.md).
 chaos: .venv/.synced services databases
+	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
 	RTML_CHAOS=full .venv/bin/pytest -q -p no:cacheprovider tests/chaos
 	$(PY) tests/benchmarks/bench_stream.py --phases recovery --events 200000 --kills 5
+	$(PY) tests/benchmarks/bench_soak.py --minutes 30
 
 # Every locked package (the project's, dev included, and the security tools') against PyPI's vulnerability data.
 # --strict fails when a package cannot be audited (offline, PyPI's JSON API unreachable) instead of passing it by.
