@@ -202,6 +202,7 @@ class GroupConsumer:
                 self._pending_from = dict.fromkeys(self.streams, "0")
                 if self.on_state_lost is not None:
                     self.on_state_lost()
+                self._state_reloaded = True  # the lease went with the rest of Redis's data
         await self.settle()
 
     async def _drop_in_flight(self) -> None:
