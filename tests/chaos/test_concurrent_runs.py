@@ -39,12 +39,17 @@ def start_pipeline(api_url: str, log: Path) -> subprocess.Popen[bytes]:
 @flow(name="read_training_set")
 def read_training_set() -> dict:
     """The training flow's dataset task on its own: its lock, its reads, its lineage."""
+    import mlflow
+
     from flows.training.dataset import open_feature_store
     from flows.training.params import TrainingParams
     from flows.training_pipeline import build_dataset
 
     settings = get_settings()
-    return build_dataset(settings, open_feature_store(settings), TrainingParams()).lineage
+    # Inside an MLflow run as in the training flow (it logs the set's lineage), ended here: an active run
+    # left in the test process would break the next test that starts one.
+    with mlflow.start_run():
+        return build_dataset(settings, open_feature_store(settings), TrainingParams()).lineage
 
 
 def test_a_second_run_waits_and_a_training_set_is_never_read_mid_run(
