@@ -19,12 +19,13 @@ PY := .venv/bin/python
 # checkov and pip-audit, locked apart from the project (deploy/security-tools/pyproject.toml says why).
 SECURITY_TOOLS := .rtml/tools/security
 
-.PHONY: help demo test bench lint format services databases audit clean
+.PHONY: help demo test bench chaos lint format services databases audit clean
 
 help:
 	@echo "make demo    run the whole lifecycle on embedded defaults (DEMO_SMALL=1 for small data)"
 	@echo "make test    run the whole test suite against local Redis and PostgreSQL"
 	@echo "make bench   run the benchmark scripts and print their figures"
+	@echo "make chaos   run the fault scenarios at full length and print their figures (docs/reliability.md)"
 	@echo "make lint    ruff and the pre-commit hooks"
 	@echo "make audit   the locked dependencies against known vulnerabilities (pip-audit; needs the internet)"
 
@@ -61,7 +62,15 @@ test: .venv/.synced $(SECURITY_TOOLS)/.synced services databases
 
 bench: .venv/.synced services
 	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
-	@for b in tests/benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
+	@for b in $(filter-out %/bench_soak.py,$(wildcard tests/benchmarks/bench_*.py)); do echo "==> $$b"; $(PY) $$b; done
+
+# The fault scenarios of tests/chaos/ at full length (make test runs them short), each printing its figures, then
+# the processor's kill-and-replay and the 30-minute soak (docs/reliability.md).
+chaos: .venv/.synced services databases
+	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
+	RTML_CHAOS=full .venv/bin/pytest -q -p no:cacheprovider tests/chaos
+	$(PY) tests/benchmarks/bench_stream.py --phases recovery --events 200000 --kills 5
+	$(PY) tests/benchmarks/bench_soak.py --minutes 30
 
 # Every locked package (the project's, dev included, and the security tools') against PyPI's vulnerability data.
 # --strict fails when a package cannot be audited (offline, PyPI's JSON API unreachable) instead of passing it by.

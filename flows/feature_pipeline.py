@@ -27,14 +27,17 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.feature_store.backfill import is_from_stream, publish_backfill, recent
+from flows.feature_store.data_lock import data_lock
 from flows.feature_store.definitions import apply_definitions
 from flows.feature_store.ingestion import (
     RawBatch,
+    RawFileError,
     find_new_batches,
     read_raw_chunks,
     read_raw_ids,
     read_raw_table,
     record_batch,
+    refuse_batch,
 )
 from flows.feature_store.labels import read_labels, validate_labels, write_validated_labels
 from flows.feature_store.offline_store import (
@@ -43,10 +46,12 @@ from flows.feature_store.offline_store import (
     partition_batch,
     partition_files,
     remove_batch,
+    replace_table,
     write_partitions,
 )
 from flows.feature_store.sharding import EventSources, read_shard, scatter_events, shard_count, shard_number
 from flows.feature_store.validation import (
+    BatchRejectedError,
     ChunkTally,
     check_invalid_share,
     find_id_conflicts,
@@ -63,6 +68,7 @@ from flows.fraud_data.features import (
 from flows.fraud_data.schema import customers_schema, labels_schema, merchants_schema, transactions_schema
 from flows.settings import get_flow_settings
 from model_store import libraries
+from model_store.atomic_files import write_atomically
 from model_store.settings import Settings, redacted_url
 from services.stream.windows import WindowedView, compute_windows, windowed_views
 
@@ -90,6 +96,8 @@ class ReferenceTables:
     customers: pd.DataFrame
     merchants: pd.DataFrame
     changed: list[str] = field(default_factory=list)
+    # Recorded in the manifest at the end of the run, so a run killed before recomputes their profiles.
+    batches: list[tuple[RawBatch, dict]] = field(default_factory=list)
 
 
 @dataclass
@@ -110,6 +118,7 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
     manifest = settings.data_dir / "reference_manifest.json"
     new = {b.name: b for b in find_new_batches(settings.raw_dir, manifest)}
     tables: dict[str, pd.DataFrame] = {}
+    done = []
     for name, schema, id_column in (
         ("customers", customers_schema, "customer_id"),
         ("merchants", merchants_schema, "merchant_id"),
@@ -120,15 +129,14 @@ def ingest_reference_tables(settings: Settings, max_invalid_fraction: float) -> 
             result = validate_batch(frame, schema, batch_name=name, id_column=id_column, now=_now())
             write_quarantine(result, settings.quarantine_dir, name)
             check_invalid_share(result, max_invalid_fraction)
-            validated.parent.mkdir(parents=True, exist_ok=True)
-            result.valid.to_parquet(validated, index=False)
-            record_batch(manifest, new[name], {"rows": len(frame), "quarantined": len(result.quarantined)})
+            write_atomically(validated, lambda path, valid=result.valid: valid.to_parquet(path, index=False))
+            done.append((new[name], {"rows": len(frame), "quarantined": len(result.quarantined)}))
         elif not validated.exists():
             raise FileNotFoundError(
                 f"{settings.raw_dir / name}.parquet (or .csv) is missing: the pipeline needs the {name} table"
             )
         tables[name] = pd.read_parquet(validated)
-    return ReferenceTables(tables["customers"], tables["merchants"], changed=sorted(new))
+    return ReferenceTables(tables["customers"], tables["merchants"], changed=sorted(new), batches=done)
 
 
 @task
@@ -136,7 +144,11 @@ def ingest_transactions(
     settings: Settings, reference: ReferenceTables, max_invalid_fraction: float, chunk_rows: int = 1_000_000
 ) -> IngestedBatches:
     """Validate each new transactions file a chunk at a time; good rows join the validated store, bad ones go
-    to quarantine. A rejected file leaves nothing in the store."""
+    to quarantine.
+
+    A file that cannot be read, or whose share of bad rows is too high, is refused (``refuse_batch``: its name and
+    the reason under ``quarantine/refused/``), leaves nothing in the store, and the run goes on with the others.
+    """
     manifest = settings.data_dir / "transactions_manifest.json"
     batches = find_new_batches(settings.raw_dir / "transactions", manifest)
     store = settings.validated_dir / "transactions"
@@ -144,19 +156,19 @@ def ingest_transactions(
         "customer_id": set(reference.customers["customer_id"]),
         "merchant_id": set(reference.merchants["merchant_id"]),
     }
-    ingested = IngestedBatches(batches, {})
+    ingested = IngestedBatches([], {})
     for batch in batches:
         # A failed earlier attempt at this batch may have left files: they are not "ingested before".
         remove_batch(store, batch.name)
-        conflicts = find_id_conflicts(
-            read_raw_ids(batch.path, transactions_schema, "transaction_id", chunk_rows),
-            partition_files(store),
-            "transaction_id",
-        )
         tally = ChunkTally(batch.name)
         try:
+            conflicts = find_id_conflicts(
+                read_raw_ids(batch.path, transactions_schema, "transaction_id", chunk_rows),
+                partition_files(store),
+                "transaction_id",
+            )
             results = validate_chunks(
-                read_raw_chunks(batch.path, transactions_schema, chunk_rows),
+                read_raw_chunks(batch.path, transactions_schema, chunk_rows, settings.max_raw_file_bytes),
                 transactions_schema,
                 conflicts=conflicts,
                 id_column="transaction_id",
@@ -165,17 +177,27 @@ def ingest_transactions(
                 timestamp_column="event_timestamp",
                 now=_now(),
             )
+            # Each chunk's first and newest event, tracked once the batch is accepted.
+            spans: list[pd.Series] = []
             for part, result in enumerate(results):
                 write_partitions(result.valid, store, batch.name, part=part)
                 tally.add(result)
                 if len(result.valid):
-                    _track_times(ingested, batch, result.valid["event_timestamp"])
+                    times = result.valid["event_timestamp"]
+                    spans.append(pd.Series([times.min(), times.max()]))
             whole = tally.result()
             write_quarantine(whole, settings.quarantine_dir, batch.name)
             check_invalid_share(whole, max_invalid_fraction)
+        except (RawFileError, BatchRejectedError) as refused:
+            remove_batch(store, batch.name)
+            refuse_batch(manifest, batch, str(refused), settings.quarantine_dir / "refused")
+            continue
         except BaseException:
             remove_batch(store, batch.name)
             raise
+        ingested.batches.append(batch)
+        for span in spans:
+            _track_times(ingested, batch, span)
         ingested.rows += tally.valid_rows
         ingested.summaries[batch.name] = {
             "rows": tally.rows,
@@ -208,14 +230,19 @@ def ingest_labels(settings: Settings, max_invalid_fraction: float) -> IngestedLa
     logger = get_run_logger()
     manifest = settings.data_dir / "labels_manifest.json"
     batches = find_new_batches(settings.raw_dir / "labels", manifest)
-    rows, summaries = 0, {}
+    rows, summaries, accepted = 0, {}, []
     for batch in batches:
-        raw = read_raw_table(batch.path, labels_schema)
-        result = validate_labels(
-            raw, labels_schema, validated_dir=settings.validated_dir, batch_name=batch.name, now=_now()
-        )
-        write_quarantine(result, settings.quarantine_dir / "labels", batch.name)
-        check_invalid_share(result, max_invalid_fraction)
+        try:
+            raw = read_raw_table(batch.path, labels_schema, settings.max_raw_file_bytes)
+            result = validate_labels(
+                raw, labels_schema, validated_dir=settings.validated_dir, batch_name=batch.name, now=_now()
+            )
+            write_quarantine(result, settings.quarantine_dir / "labels", batch.name)
+            check_invalid_share(result, max_invalid_fraction)
+        except (RawFileError, BatchRejectedError) as refused:
+            refuse_batch(manifest, batch, str(refused), settings.quarantine_dir / "labels" / "refused")
+            continue
+        accepted.append(batch)
         write_validated_labels(result.valid, settings.validated_dir, batch.name)
         rows += len(result.valid)
         summaries[batch.name] = {
@@ -227,7 +254,7 @@ def ingest_labels(settings: Settings, max_invalid_fraction: float) -> IngestedLa
         logger.info(
             "labels %s: %d valid, %d quarantined", batch.name, len(result.valid), len(result.quarantined)
         )
-    return IngestedLabels(rows, batches, summaries)
+    return IngestedLabels(rows, accepted, summaries)
 
 
 @dataclass
@@ -275,9 +302,13 @@ def read_window_definitions(settings: Settings) -> list[WindowedView]:
 
 @task
 def load_feature_inputs(
-    settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta
+    settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta, run_name: str
 ) -> FeatureInputs:
-    """Find the new rows and the look-back they need, and read the labels that had arrived by the data's "now"."""
+    """Find the new rows and the look-back they need, and read the labels that had arrived by the data's "now".
+
+    Risk snapshots start after the newest one of earlier runs: one written by this run's inputs before a crash
+    never reached the online store, so it is made (and materialized) again.
+    """
     validated = settings.validated_dir / "transactions"
     start = ingested.start
     order = {batch.name: i for i, batch in enumerate(ingested.batches)}
@@ -292,7 +323,9 @@ def load_feature_inputs(
     return FeatureInputs(
         events=EventSources(new_files, history_files, start - lookback, start),
         labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of, need_ids=False),
-        snapshots=risk_snapshots(start, as_of, max_timestamp(settings.offline_dir / "merchant_risk")),
+        snapshots=risk_snapshots(
+            start, as_of, max_timestamp(settings.offline_dir / "merchant_risk", skip_batches={run_name})
+        ),
     )
 
 
@@ -382,7 +415,7 @@ def compute_features(
         )
     if ingested.rows:
         lookback = max(view.horizon for view in windows)
-        inputs = load_feature_inputs(settings, ingested, lookback)
+        inputs = load_feature_inputs(settings, ingested, lookback, run_name)
         merchants = reference.merchants["merchant_id"].to_numpy()
         appended["merchant_risk"] = compute_table.submit(
             "merchant_risk", compute_merchant_risk, inputs.labels, merchants, inputs.snapshots
@@ -402,8 +435,7 @@ def write_offline_store(settings: Settings, rows: FeatureRows, run_name: str) ->
     """Write the feature rows to Feast's offline store (partitioned Parquet, one folder per feature view)."""
     files = 0
     for name, frame in rows.replaced.items():
-        shutil.rmtree(settings.offline_dir / name, ignore_errors=True)
-        files += len(write_partitions(frame, settings.offline_dir / name, name, period="year"))
+        files += len(replace_table(frame, settings.offline_dir / name, name, period="year"))
     for name, frame in rows.appended.items():
         files += len(write_partitions(frame, settings.offline_dir / name, run_name))
     return files
@@ -461,8 +493,12 @@ def publish_recent_history(settings: Settings, ingested: IngestedBatches, window
 
 
 @task
-def record_ingested(settings: Settings, ingested: IngestedBatches, labels: IngestedLabels) -> None:
-    """Mark the batches done only now, so a failed run retries them."""
+def record_ingested(
+    settings: Settings, reference: ReferenceTables, ingested: IngestedBatches, labels: IngestedLabels
+) -> None:
+    """Mark the batches done only now, so a failed (or killed) run retries them."""
+    for batch, summary in reference.batches:
+        record_batch(settings.data_dir / "reference_manifest.json", batch, summary)
     for manifest, done in (("transactions_manifest.json", ingested), ("labels_manifest.json", labels)):
         for batch in done.batches:
             record_batch(settings.data_dir / manifest, batch, done.summaries[batch.name])
@@ -477,20 +513,24 @@ def feature_pipeline(params: FeaturePipelineParams | None = None) -> dict[str, i
     max_invalid = (
         settings.max_invalid_fraction if params.max_invalid_fraction is None else params.max_invalid_fraction
     )
-    # Applying the definitions needs no data, so its fresh interpreter starts while the data is ingested.
-    applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
-    reference = ingest_reference_tables(settings, max_invalid)
-    ingested = ingest_transactions(settings, reference, max_invalid, params.chunk_rows)
-    labels = ingest_labels(settings, max_invalid)
-    windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
-    run_name = _run_name(ingested, reference)
-    rows = compute_features(
-        settings, reference, ingested, windows, run_name, params.shard_rows, params.parallel_shards
-    )
-    write_offline_store(settings, rows, run_name)
-    written = materialize_online(settings, rows.all())
-    publish_recent_history(settings, ingested, windows)
-    record_ingested(settings, ingested, labels)
+    # One run at a time writes the data folders; another waits for it (flows/feature_store/data_lock.py).
+    with data_lock(
+        settings.data_dir, "feature_pipeline", True, settings.data_lock_wait_seconds, get_run_logger()
+    ):
+        # Applying the definitions needs no data, so its fresh interpreter starts while the data is ingested.
+        applied = apply_feature_repo.submit(settings) if params.apply_feature_repo else None
+        reference = ingest_reference_tables(settings, max_invalid)
+        ingested = ingest_transactions(settings, reference, max_invalid, params.chunk_rows)
+        labels = ingest_labels(settings, max_invalid)
+        windows = read_window_definitions(settings, wait_for=[applied] if applied is not None else None)
+        run_name = _run_name(ingested, reference)
+        rows = compute_features(
+            settings, reference, ingested, windows, run_name, params.shard_rows, params.parallel_shards
+        )
+        write_offline_store(settings, rows, run_name)
+        written = materialize_online(settings, rows.all())
+        publish_recent_history(settings, ingested, windows)
+        record_ingested(settings, reference, ingested, labels)
     return {"transactions": ingested.rows, "labels": labels.rows, **written}
 
 

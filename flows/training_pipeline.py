@@ -14,6 +14,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.feature_store.data_lock import data_lock
+from flows.settings import get_flow_settings
 from flows.training import plots, tracking
 from flows.training.dataset import TrainingSet, build_training_set, open_feature_store, uniform_sample
 from flows.training.evaluation import (
@@ -47,18 +49,21 @@ def build_dataset(settings: Settings, store: Any, params: TrainingParams) -> Tra
     """Labeled transactions joined to point-in-time features, split by time; lineage logged on the run."""
     started = time.monotonic()
     service = params.feature_service or settings.feature_service
-    data = build_training_set(
-        settings,
-        store,
-        service,
-        cutoff=params.cutoff,
-        validation_fraction=params.validation_fraction,
-        test_fraction=params.test_fraction,
-        negative_sample_rate=params.negative_sample_rate,
-        seed=params.seed,
-        label_maturity_days=params.label_maturity_days,
-        burn_in_days=params.burn_in_days,
-    )
+    # Read while no feature-pipeline run writes: the set never mixes files from before and after a run.
+    wait = get_flow_settings().data_lock_wait_seconds
+    with data_lock(settings.data_dir, "training_pipeline", False, wait, get_run_logger()):
+        data = build_training_set(
+            settings,
+            store,
+            service,
+            cutoff=params.cutoff,
+            validation_fraction=params.validation_fraction,
+            test_fraction=params.test_fraction,
+            negative_sample_rate=params.negative_sample_rate,
+            seed=params.seed,
+            label_maturity_days=params.label_maturity_days,
+            burn_in_days=params.burn_in_days,
+        )
     tracking.log_training_set(data, store, source=str(settings.offline_dir))
     tracking.log_seconds("dataset", started)
     get_run_logger().info("training set %s, split %s", data.lineage["rows"], data.split)

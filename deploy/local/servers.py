@@ -175,19 +175,21 @@ def prefect_server(
     timeout: float = 120,
     wait: bool = True,
     database_url: str | None = None,
+    port: int | None = None,
 ) -> Iterator[tuple[str, Callable[[], None]]]:
     """``prefect server start`` with its own PREFECT_HOME on a free port; yields the API URL and the wait for
     its health (see ``running``): the URL is known before the server answers.
 
     Without ``scheduler``, cron schedules create no runs; events, automations and manual runs still work.
-    ``database_url`` (a SQLAlchemy URL) replaces the SQLite file under ``home``.
+    ``database_url`` (a SQLAlchemy URL) replaces the SQLite file under ``home``; ``port`` (default: a free one)
+    lets a server restarted on the same home answer where its clients point.
     """
     env = clean_env(PREFECT_HOME=str(home), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=str(scheduler).lower())
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     else:
         seed_prefect_database(home)
-    port = free_port()
+    port = port or free_port()
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--analytics-off", "--no-ui"]

@@ -28,10 +28,12 @@ redis_up() { have redis-cli && redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/d
 ensure_redis() {
   redis_up && return 0
   have redis-server || apt_install redis-server || return 1
-  echo "==> starting redis-server on 127.0.0.1:$REDIS_PORT (nothing persisted)"
+  echo "==> starting redis-server on 127.0.0.1:$REDIS_PORT (append-only file in $STATE_DIR)"
   mkdir -p "$STATE_DIR"
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-    --dir "$STATE_DIR" --logfile "$STATE_DIR/redis.log"
+  # As in compose and Kubernetes: the append-only file, written before each reply and fsynced every second,
+  # so a killed redis-server loses nothing it answered and a machine crash the last second (docs/reliability.md).
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
+    --appendonly yes --appendfsync everysec --dir "$STATE_DIR" --logfile "$STATE_DIR/redis.log"
   for _ in $(seq 50); do redis_up && return 0; sleep 0.1; done
   echo "!! redis-server did not answer on port $REDIS_PORT: see $STATE_DIR/redis.log" >&2
   return 1

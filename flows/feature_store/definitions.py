@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from model_store.settings import Settings, redacted_url
@@ -37,12 +41,35 @@ def _apply_if_changed(settings: Settings) -> str | None:
     # validating them would also start a Spark session to read every table's schema on the Spark store.
     repo, yaml = str(settings.feast_repo_path), str(settings.feast_yaml)
     command = [str(feast), "-c", repo, "-f", yaml, "apply", "--skip-source-validation"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"feast apply failed in {settings.feast_repo_path}:\n{done.stderr[-3000:]}")
+    with _registry_restored_on_failure(settings):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"feast apply failed in {settings.feast_repo_path}:\n{done.stderr[-3000:]}")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint)
     return " / ".join(done.stdout.strip().splitlines()[-2:])
+
+
+@contextlib.contextmanager
+def _registry_restored_on_failure(settings: Settings) -> Iterator[None]:
+    """A file registry as it was before a failed apply: Feast rewrites it in place, and an apply that failed
+    mid-write (a full disk) left a corrupt registry that every later run failed to parse."""
+    registry = Path(str(settings.feast_registry))
+    if "://" in str(settings.feast_registry):
+        yield
+        return
+    backup = registry.with_name(f".{registry.name}.before-apply")
+    if registry.exists():
+        shutil.copy2(registry, backup)
+    try:
+        yield
+    except BaseException:
+        if backup.exists():
+            os.replace(backup, registry)
+        else:
+            registry.unlink(missing_ok=True)
+        raise
+    backup.unlink(missing_ok=True)
 
 
 def _feature_repo_fingerprint(settings: Settings) -> str:

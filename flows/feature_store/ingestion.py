@@ -111,24 +111,28 @@ def parse_integers(values: pd.Series) -> pd.Series:
     return floats.where(whole).astype("Int64")
 
 
-def read_raw_table(path: Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+def read_raw_table(path: Path, schema: pa.DataFrameSchema, max_bytes: int | None = None) -> pd.DataFrame:
     """Read a raw .parquet or .csv file into the schema's types, keeping every row.
 
     Columns whose values all parse come back typed (timestamps ``datetime64[us, UTC]``, naive CSV timestamps
     read as UTC; ids ``int64`` unless some are missing). A column with a value that does not parse is returned
     as read, so ``validate_batch`` can quarantine that row with its original value. Absent optional columns
     are added as nulls; extra columns are kept as read. Raises ``RawFileError`` naming the file for an
-    unreadable file or a missing required column.
+    unreadable file, a missing required column, or a file larger than ``max_bytes`` (never read into memory).
     """
     path = Path(path)
+    _check_size(path, max_bytes)
     return _typed_table(_read_file(path), schema, path)
 
 
-def read_raw_chunks(path: Path, schema: pa.DataFrameSchema, rows: int) -> Iterator[pd.DataFrame]:
+def read_raw_chunks(
+    path: Path, schema: pa.DataFrameSchema, rows: int, max_bytes: int | None = None
+) -> Iterator[pd.DataFrame]:
     """``read_raw_table`` a chunk of at most ``rows`` rows at a time, in file order: a file of any size in
     bounded memory. Each chunk is typed on its own (a value that does not parse leaves its chunk's column as read).
     """
     path = Path(path)
+    _check_size(path, max_bytes)
     for raw in _read_file_chunks(path, rows):
         yield _typed_table(raw, schema, path)
 
@@ -163,6 +167,8 @@ def read_raw_ids(
 
 
 def _typed_table(raw: pd.DataFrame, schema: pa.DataFrameSchema, path: Path) -> pd.DataFrame:
+    if raw.empty and len(raw.columns) == 0:
+        raise RawFileError(f"{path}: empty file")
     if missing := missing_columns(raw, schema):
         raise RawFileError(
             f"{path}: missing required column(s) {', '.join(missing)}; "
@@ -186,6 +192,14 @@ def cast_column(values: pd.Series, dtype: object) -> pd.Series:
     return values.astype(dtype)
 
 
+def _check_size(path: Path, max_bytes: int | None) -> None:
+    if max_bytes is not None and path.is_file() and (size := path.stat().st_size) > max_bytes:
+        raise RawFileError(
+            f"{path}: {size / 2**20:,.0f} MiB is more than the {max_bytes / 2**20:,.0f} MiB a raw file may hold "
+            "(RTML_MAX_RAW_FILE_MB): split it into smaller batches"
+        )
+
+
 def _check_readable(path: Path) -> None:
     if path.suffix.lower() not in RAW_SUFFIXES:
         raise RawFileError(f"{path}: unsupported file type {path.suffix!r}; raw files are .parquet or .csv")
@@ -201,6 +215,8 @@ def _read_file_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
                 yield pyarrow.Table.from_batches([batch]).to_pandas()
         else:
             yield from pd.read_csv(path, dtype=str, chunksize=rows)
+    except pd.errors.EmptyDataError as exc:
+        raise RawFileError(f"{path}: empty file") from exc
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         raise RawFileError(f"{path}: cannot be read as {path.suffix.lower()[1:]}: {exc}") from exc
 
@@ -212,6 +228,8 @@ def _read_file(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         # Everything as text: parsing to the schema's types happens per value, so one bad value spoils no column.
         return pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError as exc:
+        raise RawFileError(f"{path}: empty file") from exc
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         raise RawFileError(f"{path}: cannot be read as {path.suffix.lower()[1:]}: {exc}") from exc
 
@@ -284,6 +302,17 @@ def record_batch(manifest_path: Path, batch: RawBatch, summary: dict) -> None:
         "summary": summary,
     }
     write_atomically(manifest_path, json.dumps({"batches": batches}, indent=2, default=_json_value))
+
+
+def refuse_batch(manifest_path: Path, batch: RawBatch, reason: str, refused_dir: Path) -> Path:
+    """Set a batch aside that cannot be ingested: ``<refused_dir>/<batch>.json`` names its file and the reason,
+    and the manifest records it refused, so this content is not tried again (a corrected file is new content).
+    The file stays where it landed; returns the refusal's path."""
+    logger.error("batch %s refused: %s", batch.name, reason)
+    record = {"file": str(batch.path), "sha256": batch.sha256, "reason": reason}
+    path = write_atomically(Path(refused_dir) / f"{batch.name}.json", json.dumps(record, indent=2))
+    record_batch(manifest_path, batch, {"refused": reason})
+    return path
 
 
 def _json_value(value: object) -> object:

@@ -8,13 +8,18 @@ in parts (chunks of a large file, shards of a computation) names each part's fil
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from model_store.atomic_files import write_atomically
 
 
 def write_partitions(
@@ -34,21 +39,37 @@ def write_partitions(
         frame[timestamp_column].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period(floor).dt.start_time
     )
     codes, days = pd.factorize(periods)
-    date = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(days.strftime(fmt)))
-    table = pa.Table.from_pandas(frame, preserve_index=False).append_column("date", date)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # Rows grouped by period (stable, so each file keeps the frame's order); one file per period.
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(days) + 1))
     written: list[Path] = []
-    pq.write_to_dataset(
-        table,
-        root_path=str(table_dir),
-        partition_cols=["date"],
-        basename_template=f"{batch_name}-{{i}}.parquet"
-        if part is None
-        else f"{batch_name}-{part:05d}_{{i}}.parquet",
-        # Same batch, same file names: a re-run replaces its own files and leaves other batches alone.
-        existing_data_behavior="overwrite_or_ignore",
-        file_visitor=lambda written_file: written.append(Path(written_file.path)),
-    )
+    name = f"{batch_name}-0.parquet" if part is None else f"{batch_name}-{part:05d}_0.parquet"
+    for code, day in enumerate(days.strftime(fmt)):
+        rows = table.take(pa.array(order[bounds[code] : bounds[code + 1]]))
+        # Same batch (and part), same file name: a re-run replaces its own file and leaves other batches alone.
+        # Written aside and renamed: a reader (Feast, the next run) never sees half a file, even after a kill.
+        path = Path(table_dir) / f"date={day}" / name
+        written.append(write_atomically(path, lambda target, rows=rows: pq.write_table(rows, target)))
     return written
+
+
+def replace_table(
+    frame: pd.DataFrame, table_dir: Path, batch_name: str, period: Literal["day", "year"] = "year"
+) -> list[Path]:
+    """Replace a whole table (a snapshot) with ``frame``: written beside it, then swapped in by two renames, so
+    a reader finds the old table or the new one, never a mix; a kill leaves hidden folders the next call clears.
+    """
+    table_dir = Path(table_dir)
+    fresh, stale = (table_dir.with_name(f".{table_dir.name}.{suffix}") for suffix in ("new", "old"))
+    for leftover in (fresh, stale):
+        shutil.rmtree(leftover, ignore_errors=True)
+    written = write_partitions(frame, fresh, batch_name, period=period)
+    if table_dir.exists():
+        table_dir.rename(stale)
+    fresh.rename(table_dir)
+    shutil.rmtree(stale, ignore_errors=True)
+    return [table_dir / path.relative_to(fresh) for path in written]
 
 
 def read_partitions(
@@ -57,13 +78,14 @@ def read_partitions(
     since: pd.Timestamp | None = None,
     timestamp_column: str = "event_timestamp",
     where: pc.Expression | None = None,
+    skip_batches: Collection[str] = (),
 ) -> pd.DataFrame:
     """Rows of a partitioned table, optionally only those at or after ``since`` (whole days are skipped).
 
     ``where`` (a pyarrow expression, e.g. ``pc.field("transaction_id").isin(ids)``) drops rows while reading,
-    before they become pandas objects.
+    before they become pandas objects; ``skip_batches`` leaves out the files those batches wrote.
     """
-    files = partition_files(table_dir, since)
+    files = [f for f in partition_files(table_dir, since) if partition_batch(f) not in skip_batches]
     if not files:
         return pd.DataFrame(columns=columns or [])
     frame = pd.concat(
@@ -116,13 +138,16 @@ def table_columns(table_dir: Path) -> list[str]:
     return pq.read_schema(files[0]).names if files else []
 
 
-def max_timestamp(table_dir: Path, timestamp_column: str = "event_timestamp") -> pd.Timestamp | None:
-    """The newest timestamp in a partitioned table (reads only the last day's partition)."""
-    files = partition_files(table_dir)
+def max_timestamp(
+    table_dir: Path, timestamp_column: str = "event_timestamp", skip_batches: Collection[str] = ()
+) -> pd.Timestamp | None:
+    """The newest timestamp in a partitioned table (reads only the last day's partition), leaving out the files
+    ``skip_batches`` wrote."""
+    files = [f for f in partition_files(table_dir) if partition_batch(f) not in skip_batches]
     if not files:
         return None
     last_day = files[-1].parent
     values = pd.concat(
-        [pq.read_table(f, columns=[timestamp_column]).to_pandas() for f in last_day.glob("*.parquet")]
+        [pq.read_table(f, columns=[timestamp_column]).to_pandas() for f in files if f.parent == last_day]
     )[timestamp_column]
     return values.max()

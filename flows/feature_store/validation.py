@@ -25,6 +25,7 @@ import pandera.pandas as pa
 import pyarrow
 
 from flows.feature_store.ingestion import as_utc, cast_column, missing_columns, parse_columns
+from model_store.atomic_files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -455,9 +456,8 @@ def write_quarantine(result: ValidationResult, quarantine_dir: Path, batch_name:
             logger.info("Batch %s: no rows quarantined, removing the stale %s", batch_name, path)
             path.unlink()
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = result.quarantined.astype("string").reset_index()
-    text.to_parquet(path, index=False)
+    write_atomically(path, lambda partial: text.to_parquet(partial, index=False))
     return path
 
 

@@ -38,7 +38,8 @@ from services.packed_commands import Command, TransactionAborted, send_transacti
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 5.0
+# Redis answering again is noticed within a second (a log line per retry while it is down).
+MAX_BACKOFF_SECONDS = 1.0
 LAG_CHECK_SECONDS = 2.0
 
 
@@ -48,7 +49,9 @@ class Fence(Protocol):
     key: str
     token: bytes
 
-    async def renew(self) -> bool: ...
+    def renewal_due(self) -> bool: ...
+
+    async def renew(self, reacquire: bool = False) -> bool: ...
 
 
 @dataclass
@@ -124,6 +127,7 @@ class GroupConsumer:
         self._stopping = asyncio.Event()
         self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
         self._claimed = False
+        self._state_reloaded = False
         self._in_flight: asyncio.Task[None] | None = None
         self._lag_checked = 0.0
         # Entries another member read and never acknowledged are taken over once idle this long: at once
@@ -150,8 +154,13 @@ class GroupConsumer:
                     groups_ready = True
                 if not self._claimed:
                     await self.claim_pending()
-                if self.fence is not None and not await self.fence.renew():
-                    raise FenceLost(f"lease {self.fence.key} is held by another process")
+                if self.fence is not None and (self._state_reloaded or self.fence.renewal_due()):
+                    # A renewal touches the watched lease key: never while a commit is between WATCH and EXEC
+                    # (the commit would abort as if another process had taken the lease).
+                    await self.settle()
+                    if not await self.fence.renew(reacquire=self._state_reloaded):
+                        raise FenceLost(f"lease {self.fence.key} is held by another process")
+                    self._state_reloaded = False
                 entries = await self.read()
                 self.stats.redis_ok = True
                 if entries:
@@ -173,6 +182,8 @@ class GroupConsumer:
                 self._claimed = False
                 if self.on_state_lost is not None:
                     self.on_state_lost()
+                # A lease that expired during the outage may be taken again: the state is read anew.
+                self._state_reloaded = True
                 logger.warning(
                     "%s: Redis unreachable (%s); retrying in %.1fs",
                     self.group,
@@ -191,6 +202,7 @@ class GroupConsumer:
                 self._pending_from = dict.fromkeys(self.streams, "0")
                 if self.on_state_lost is not None:
                     self.on_state_lost()
+                self._state_reloaded = True  # the lease went with the rest of Redis's data
         await self.settle()
 
     async def _drop_in_flight(self) -> None:

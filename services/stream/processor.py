@@ -377,6 +377,11 @@ class PartitionLease:
     """A partition held by one process: ``SET NX PX`` to take it, renewed while the loop runs."""
 
     RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+    REACQUIRE = (
+        "local holder = redis.call('GET', KEYS[1]) "
+        "if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end "
+        "if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0"
+    )
 
     def __init__(self, client: Redis, key: str, token: bytes, seconds: float) -> None:
         self.client = client
@@ -391,11 +396,20 @@ class PartitionLease:
             return True
         return False
 
-    async def renew(self) -> bool:
-        """Extend the lease (at most every third of its length); False once another process holds it."""
-        if time.monotonic() - self._renewed < self.ttl_ms / 3000:
+    def renewal_due(self) -> bool:
+        """A third of the lease has passed since it was last renewed."""
+        return time.monotonic() - self._renewed >= self.ttl_ms / 3000
+
+    async def renew(self, reacquire: bool = False) -> bool:
+        """Extend the lease (at most every third of its length); False once another process holds it.
+
+        ``reacquire`` (after a Redis outage, the state read anew): a lease that expired while Redis was down and
+        nobody took since is taken again, instead of stopping a process no other one replaced.
+        """
+        if not reacquire and not self.renewal_due():
             return True
-        held = await self.client.eval(self.RENEW, 1, self.key, self.token, self.ttl_ms)
+        script = self.REACQUIRE if reacquire else self.RENEW
+        held = await self.client.eval(script, 1, self.key, self.token, self.ttl_ms)
         self._renewed = time.monotonic()
         return bool(held)
 

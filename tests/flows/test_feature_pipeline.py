@@ -346,7 +346,7 @@ def test_merchant_risk_counts_labels_that_arrived_on_their_own(settings: Setting
     run = IngestedBatches(
         [RawBatch(Path("tx-2.parquet"), "tx-2", "")], {}, rows=2, start=new["event_timestamp"].min()
     )
-    inputs = load_feature_inputs.fn(settings, run, pd.Timedelta("1D"))
+    inputs = load_feature_inputs.fn(settings, run, pd.Timedelta("1D"), "tx-2")
 
     assert sorted(inputs.labels["transaction_id"]) == sorted(feed["transaction_id"])
     assert inputs.labels.set_index("transaction_id").at["late", "merchant_id"] == 10

@@ -185,7 +185,8 @@ def test_extra_columns_are_kept_for_quarantine_but_not_passed_on(tmp_path: Path)
     "name, content, problem",
     [
         ("b.parquet", b"not a parquet file", "cannot be read as parquet"),
-        ("b.csv", b"", "cannot be read as csv"),
+        ("b.csv", b"", "empty file"),
+        ("b.csv", "customer_id\n1\n".encode("utf-16"), "cannot be read as csv"),
         ("b.csv", b'customer_id,home_region\n1,"north\n', "cannot be read as csv"),
         ("b.json", b"{}", "unsupported file type '.json'"),
     ],
@@ -197,6 +198,14 @@ def test_unreadable_file_raises_naming_it(tmp_path: Path, name: str, content: by
     with pytest.raises(RawFileError, match=problem) as err:
         read_raw_table(path, customers_schema)
     assert str(path) in str(err.value)
+
+
+def test_a_file_above_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    with path.open("wb") as sparse:
+        sparse.truncate(3 * 2**20)
+    with pytest.raises(RawFileError, match=r"huge\.csv: 3 MiB is more than the 2 MiB"):
+        read_raw_table(path, customers_schema, max_bytes=2 * 2**20)
 
 
 def test_absent_file_raises_naming_it(tmp_path: Path) -> None:
