@@ -162,7 +162,9 @@ def read_raw_ids(
             as_read = values if unparsable.any() else cast_column(typed, dtype)
             arrays.append(pyarrow.array(parse_series(as_read, dtype)[0].astype(object), pyarrow.string()))
     except (OSError, ValueError, KeyError, pyarrow.ArrowException) as exc:
-        raise RawFileError(f"{path}: cannot read column {id_column}: {exc}") from exc
+        raise RawFileError(
+            f"{path}: cannot be read as {path.suffix.lower()[1:]} (column {id_column}): {exc}"
+        ) from exc
     return pyarrow.chunked_array(arrays, pyarrow.string()).combine_chunks()
 
 
