@@ -196,28 +196,29 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench_soak_"))
     print(f"load average at start: {os.getloadavg()}", flush=True)
     redis_process, redis_url = start_redis(home)
-    project = f"soak_{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        **prepare_home(home, project, redis_url),
-        "PYTHONPATH": str(ROOT),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "RTML_TRAFFIC_FLUSH_SECONDS": "60",
-    }
-    clear_settings()
-    settings = get_settings()
-    script = home / "paced.lua"
-    script.write_text(
-        PACED_LUA.replace("__CUSTOMERS__", str(N_CUSTOMERS)).replace("__MERCHANTS__", str(N_MERCHANTS))
-    )
-    windows = max(1, round(args.minutes / args.window_minutes))
-    seconds = int(args.window_minutes * 60)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = home / "service.log"
-    service = start_server(BENTOML_SERVE, "services.scorer.service:OnlineScorer", env, port, log)
-    results: list[dict[str, Any]] = []
+    service = None
     try:
+        project = f"soak_{uuid.uuid4().hex[:8]}"
+        env = {
+            **os.environ,
+            **prepare_home(home, project, redis_url),
+            "PYTHONPATH": str(ROOT),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "RTML_TRAFFIC_FLUSH_SECONDS": "60",
+        }
+        clear_settings()
+        settings = get_settings()
+        script = home / "paced.lua"
+        script.write_text(
+            PACED_LUA.replace("__CUSTOMERS__", str(N_CUSTOMERS)).replace("__MERCHANTS__", str(N_MERCHANTS))
+        )
+        windows = max(1, round(args.minutes / args.window_minutes))
+        seconds = int(args.window_minutes * 60)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = home / "service.log"
+        service = start_server(BENTOML_SERVE, "services.scorer.service:OnlineScorer", env, port, log)
+        results: list[dict[str, Any]] = []
         with contextlib.ExitStack() as stack:
             for name in ("processor", "traffic"):
                 stack.enter_context(stream_process(name, env, home / f"{name}.log"))
@@ -260,7 +261,8 @@ def main() -> None:
         now = datetime.now(UTC)
         logged = len(store.read_predictions(now - timedelta(hours=3), now + timedelta(hours=1)))
     finally:
-        stop_server(service)
+        if service is not None:
+            stop_server(service)
         redis_process.terminate()
         redis_process.wait(10)
         shutil.rmtree(home, ignore_errors=True)
