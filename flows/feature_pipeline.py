@@ -163,7 +163,9 @@ def ingest_transactions(
         tally = ChunkTally(batch.name)
         try:
             conflicts = find_id_conflicts(
-                read_raw_ids(batch.path, transactions_schema, "transaction_id", chunk_rows),
+                read_raw_ids(
+                    batch.path, transactions_schema, "transaction_id", chunk_rows, settings.max_raw_file_bytes
+                ),
                 partition_files(store),
                 "transaction_id",
             )

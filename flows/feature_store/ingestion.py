@@ -138,12 +138,19 @@ def read_raw_chunks(
 
 
 def read_raw_ids(
-    path: Path, schema: pa.DataFrameSchema, id_column: str, rows: int = 1_000_000
+    path: Path,
+    schema: pa.DataFrameSchema,
+    id_column: str,
+    rows: int = 1_000_000,
+    max_bytes: int | None = None,
 ) -> pyarrow.Array:
     """A raw file's id column as validation sees it (typed as ``read_raw_table`` types it, then parsed), in Arrow
     strings: compact enough for a whole file's ids, read ``rows`` at a time."""
     path = Path(path)
-    _check_readable(path)
+    _check_size(path, max_bytes)
+    # The first row first: a file that is empty or lacks columns is refused as ``read_raw_table`` refuses it.
+    if (first := next(_read_file_chunks(path, 1), None)) is not None:
+        _typed_table(first, schema, path)
     dtype = schema.columns[id_column].dtype.type
     try:
         if path.suffix.lower() == ".parquet":
