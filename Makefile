@@ -58,7 +58,7 @@ demo: .venv/.synced databases
 test: .venv/.synced $(SECURITY_TOOLS)/.synced services databases
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/pytest tests
+	.venv/bin/pytest tests --durations=25
 
 bench: .venv/.synced services
 	@command -v wrk >/dev/null || bash deploy/local/services.sh wrk
