@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pytest
 import redis
 
 from deploy.local.servers import stream_process
-from model_store.settings import Settings, clear_settings
+from model_store.settings import REPO_ROOT, Settings, clear_settings
 from tests.chaos.load import ScoringLoad
 from tests.services import conftest as service_fixtures
 from tests.services.conftest import (
@@ -184,3 +186,15 @@ def stack(served_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         finally:
             redis_server.stop()
     clear_settings()
+
+
+def start_pipeline(api: str, log: Path) -> subprocess.Popen[bytes]:
+    """A feature-pipeline run in a process of its own (one that can be killed), on the Prefect API at ``api``."""
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.feature_pipeline"],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )

@@ -8,10 +8,7 @@ one read after the run (same rows, same hash).
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,20 +17,9 @@ import pandas as pd
 from prefect import flow
 
 from flows.feature_store.offline_store import read_partitions
-from model_store.settings import REPO_ROOT, Settings, get_settings
-from tests.chaos.conftest import LogLines
+from model_store.settings import Settings, get_settings
+from tests.chaos.conftest import LogLines, start_pipeline
 from tests.fixtures.pipeline import generate_small_raw
-
-
-def start_pipeline(api_url: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows.feature_pipeline"],
-            cwd=REPO_ROOT,
-            env={**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(REPO_ROOT)},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @flow(name="read_training_set")

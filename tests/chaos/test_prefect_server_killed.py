@@ -5,9 +5,6 @@ The run either completes or ends marked crashed, and the next run completes with
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,20 +14,9 @@ import psutil
 
 from deploy.local.servers import free_port, kill_tree, prefect_server
 from flows.feature_store.offline_store import read_partitions
-from model_store.settings import REPO_ROOT, Settings
-from tests.chaos.conftest import scaled
+from model_store.settings import Settings
+from tests.chaos.conftest import scaled, start_pipeline
 from tests.fixtures.pipeline import generate_small_raw
-
-
-def start_pipeline(api: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows.feature_pipeline"],
-            cwd=REPO_ROOT,
-            env={**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(REPO_ROOT)},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def server_pid(port: int) -> int:
