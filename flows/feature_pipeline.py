@@ -179,14 +179,15 @@ def ingest_transactions(
                 timestamp_column="event_timestamp",
                 now=_now(),
             )
-            # Each chunk's first and newest event, tracked once the batch is accepted.
-            spans: list[pd.Series] = []
+            # The batch's first and newest event, counted only once the batch is accepted.
+            first = newest = None
             for part, result in enumerate(results):
                 write_partitions(result.valid, store, batch.name, part=part)
                 tally.add(result)
                 if len(result.valid):
                     times = result.valid["event_timestamp"]
-                    spans.append(pd.Series([times.min(), times.max()]))
+                    first = min(times.min(), first or times.min())
+                    newest = max(times.max(), newest or times.max())
             whole = tally.result()
             write_quarantine(whole, settings.quarantine_dir, batch.name)
             check_invalid_share(whole, max_invalid_fraction)
@@ -198,8 +199,10 @@ def ingest_transactions(
             remove_batch(store, batch.name)
             raise
         ingested.batches.append(batch)
-        for span in spans:
-            _track_times(ingested, batch, span)
+        if first is not None:
+            ingested.start = min(first, ingested.start or first)
+            if not is_from_stream(batch.name):
+                ingested.newest_from_files = max(newest, ingested.newest_from_files or newest)
         ingested.rows += tally.valid_rows
         ingested.summaries[batch.name] = {
             "rows": tally.rows,
@@ -208,13 +211,6 @@ def ingest_transactions(
             "reasons": whole.reason_counts,
         }
     return ingested
-
-
-def _track_times(ingested: IngestedBatches, batch: RawBatch, times: pd.Series) -> None:
-    first, newest = times.min(), times.max()
-    ingested.start = min(first, ingested.start or first)
-    if not is_from_stream(batch.name):
-        ingested.newest_from_files = max(newest, ingested.newest_from_files or newest)
 
 
 @dataclass
