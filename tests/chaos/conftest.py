@@ -63,12 +63,16 @@ def visible_parquet(root: Path) -> list[Path]:
 
 
 @pytest.fixture
-def figures(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[list[str]]:
-    """Lines a scenario measured: printed under its name when it ends, captured or not."""
+def figures(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Lines a scenario measured: printed under its name when it ends, captured or not.
+
+    Through pytest's terminal reporter, not ``capsys``: capsys swaps ``sys.stdout`` for the test, and Prefect's
+    log handlers, when a scenario's flow is the process's first, would keep writing to that closed stream.
+    """
     lines: list[str] = []
     yield lines
-    with capsys.disabled():
-        print(f"\n[chaos] {request.node.name}" + "".join(f"\n    {line}" for line in lines))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    reporter.write_line(f"\n[chaos] {request.node.name}" + "".join(f"\n    {line}" for line in lines))
 
 
 @dataclass
