@@ -66,13 +66,17 @@ def visible_parquet(root: Path) -> list[Path]:
 def figures(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Lines a scenario measured: printed under its name when it ends, captured or not.
 
-    Through pytest's terminal reporter, not ``capsys``: capsys swaps ``sys.stdout`` for the test, and Prefect's
-    log handlers, when a scenario's flow is the process's first, would keep writing to that closed stream.
+    Through pytest's terminal reporter with capture suspended, not ``capsys``: capsys swaps ``sys.stdout`` for the
+    test, and Prefect's log handlers, when a scenario's flow is the process's first, would keep writing to that
+    closed stream.
     """
     lines: list[str] = []
     yield lines
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line(f"\n[chaos] {request.node.name}" + "".join(f"\n    {line}" for line in lines))
+    plugins = request.config.pluginmanager
+    with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+        plugins.get_plugin("terminalreporter").write_line(
+            f"\n[chaos] {request.node.name}" + "".join(f"\n    {line}" for line in lines)
+        )
 
 
 @dataclass
