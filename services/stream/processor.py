@@ -69,26 +69,49 @@ class Script:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
-# One entity's write: add its new events to its state (KEYS[1], a sorted set by time), drop what no window
-# reaches (below ARGV[1]), keep the state for ARGV[2] ms of idleness, then set the view's values on Feast's hash
-# (KEYS[2]) with Feast's key TTL (ARGV[3], 0 for none). ARGV[4] = n, then n (time, event) pairs, then the
-# hash's fields and values (none: the state alone changes). One command instead of four: fewer replies.
+# A batch's writes, one entity after another: add the entity's new events to its state (a sorted set by time),
+# drop what no window reaches, keep the state while the entity is active, then set the view's values on Feast's
+# hash with Feast's key TTL. KEYS holds (state, hash) per entity. ARGV: the key TTL (0 for none); the number of
+# views, then per view m and its m hash fields; then per entity: its view's number, the cut-off score, the idle
+# expiry (ms), n and n (time, event) pairs, then 1 and the view's m values, or 0 (the state alone changes).
+# One command per batch: a command per entity cost the processor more in packing and replies than the windows.
 WRITE_SCRIPT = Script(
     """
-local n = tonumber(ARGV[4])
-local first = 5
-for start = first, first + 2 * n - 1, 1000 do
-  redis.call('ZADD', KEYS[1], unpack(ARGV, start, math.min(start + 999, first + 2 * n - 1)))
+local ttl = tonumber(ARGV[1])
+local views = {}
+local at = 3
+for v = 1, tonumber(ARGV[2]) do
+  views[v] = {at + 1, tonumber(ARGV[at])}
+  at = at + 1 + views[v][2]
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if #ARGV >= first + 2 * n then
-  redis.call('HSET', KEYS[2], unpack(ARGV, first + 2 * n))
-  if tonumber(ARGV[3]) > 0 then
-    redis.call('EXPIRE', KEYS[2], ARGV[3])
+for k = 1, #KEYS, 2 do
+  local view = views[tonumber(ARGV[at])]
+  local n = tonumber(ARGV[at + 3])
+  local first = at + 4
+  local last = first + 2 * n - 1
+  for start = first, last, 1000 do
+    redis.call('ZADD', KEYS[k], unpack(ARGV, start, math.min(start + 999, last)))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', ARGV[at + 1])
+  redis.call('PEXPIRE', KEYS[k], ARGV[at + 2])
+  at = last + 1
+  if ARGV[at] == '1' then
+    local fields, m = view[1], view[2]
+    local pairs = {}
+    for i = 0, m - 1 do
+      pairs[2 * i + 1] = ARGV[fields + i]
+      pairs[2 * i + 2] = ARGV[at + 1 + i]
+    end
+    redis.call('HSET', KEYS[k + 1], unpack(pairs))
+    if ttl > 0 then
+      redis.call('EXPIRE', KEYS[k + 1], ttl)
+    end
+    at = at + 1 + m
+  else
+    at = at + 1
   end
 end
-return n
+return #KEYS / 2
 """
 )
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -126,11 +149,15 @@ class OnlineLayout:
             key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
         )
 
-    def fields_and_values(self, values: dict[str, Any], stamp_us: int) -> list[bytes]:
-        """The view's hash fields and their bytes, as Feast's writer leaves them: ``_ts`` first, then each feature."""
-        out: list[bytes] = [self.ts_field, libraries.feast.timestamp_bytes_of(stamp_us)]
-        for feature, field, encode in zip(self.view.features, self.fields, self.encoders, strict=True):
-            out += (field, encode(values[feature.name]))
+    @property
+    def hash_fields(self) -> tuple[bytes, ...]:
+        """The view's fields in Feast's hash, in the order of ``hash_values``: ``_ts`` first, then each feature."""
+        return (self.ts_field, *self.fields)
+
+    def hash_values(self, values: Sequence[Any], stamp_us: int) -> list[bytes]:
+        """The bytes Feast's writer leaves in ``hash_fields`` for the view's values (in its features' order)."""
+        out = [libraries.feast.timestamp_bytes_of(stamp_us)]
+        out += [encode(value) for encode, value in zip(self.encoders, values, strict=True)]
         return out
 
 
@@ -190,6 +217,13 @@ class WindowState:
         self._other_columns = sorted(
             {c for layout in self.layouts for c in layout.view.columns} - set(self._unit_columns)
         )
+        ttls = {layout.key_ttl_seconds or 0 for layout in self.layouts}
+        if len(ttls) > 1:
+            raise ValueError(f"windowed views of one online store have different key TTLs: {sorted(ttls)}")
+        # The script's first arguments: the key TTL, then each view's hash fields.
+        self._header: list[Any] = [ttls.pop() if ttls else 0, len(self.layouts)]
+        for layout in self.layouts:
+            self._header += (len(layout.hash_fields), *layout.hash_fields)
 
     def mine(self, events: Iterable[TransactionEvent]) -> list[Target]:
         """(event id, time, row, view index, entity key) for each view of each event whose entity is this
@@ -255,35 +289,31 @@ class WindowState:
                 touched[1].extend((time_us, member))
                 if not backfill:
                     online.add((index, key))
-        commands: list[Command] = []
+        if not added:
+            return []
+        keys: list[bytes] = []
+        arguments = list(self._header)
         for entity_key, (entity, members) in added.items():
             view, windows, layout = entity.layout.view, entity.windows, entity.layout
             newest = windows.newest
             assert newest is not None
+            keys += (entity.state_key, entity.redis_key)
+            arguments += (
+                entity_key[0] + 1,
+                newest - view.horizon_us,
+                # Idle longer than its horizon (plus a day), an entity's state says nothing any window needs.
+                view.horizon_us // 1000 + 86_400_000,
+                len(members) // 2,
+                *members,
+            )
             # Backfill fills the state only: the batch pipeline wrote those entities' online values from all
             # of their history, which the state (the horizon before the newest backfilled transaction) lacks.
-            hset = (
-                layout.fields_and_values(windows.features(), newest + STAMP_DELAY_US)
-                if entity_key in online
-                else []
-            )
-            commands.append(
-                (
-                    "EVALSHA",
-                    WRITE_SCRIPT.sha,
-                    2,
-                    entity.state_key,
-                    entity.redis_key,
-                    newest - view.horizon_us,
-                    # Idle longer than its horizon (plus a day), an entity's state says nothing any window needs.
-                    view.horizon_us // 1000 + 86_400_000,
-                    layout.key_ttl_seconds or 0,
-                    len(members) // 2,
-                    *members,
-                    *hset,
-                )
-            )
-        return commands
+            if entity_key in online:
+                arguments.append(1)
+                arguments += layout.hash_values(windows.feature_values(), newest + STAMP_DELAY_US)
+            else:
+                arguments.append(0)
+        return [("EVALSHA", WRITE_SCRIPT.sha, len(keys), *keys, *arguments)]
 
     def trim(self) -> None:
         """Keep about ``cache_limit`` entities in memory, evicting ones the last batch did not change: its commit

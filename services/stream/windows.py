@@ -82,6 +82,10 @@ class WindowedView:
         return max(f.window_us for f in self.features)
 
     @cached_property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @cached_property
     def horizon(self) -> pd.Timedelta:
         return pd.Timedelta(self.horizon_us, unit="us")
 
@@ -352,28 +356,33 @@ def _with_history(
 class EntityWindows:
     """One entity's events within the view's horizon and its aggregates as of its newest event.
 
-    Events may come late and out of order; each is counted once (a repeated ``event_id`` is ignored). Per
-    window the state keeps where the window starts in the time-sorted events and the running count, integer
-    sum and value multiset, so an event costs amortized constant time whatever the window holds: a
-    merchant with millions of events in a day costs what a quiet one does. Events that no window of the
-    newest event reaches are dropped (lazily, in blocks).
+    Events may come late and out of order; each is counted once (a repeated ``event_id`` is ignored). The
+    events are kept in time order (ties in arrival order) with a running total of each summed column, as
+    ``compute_windows`` keeps its cumulative sums: a window's count is how many events follow its start, its
+    sum the difference of two running totals, so an event costs the same whatever the window holds (a
+    merchant with millions of events a day costs what a quiet one does). Only distinct counts keep a
+    multiset per window. An event that arrives after later ones also updates the running totals after it,
+    in time proportional to how many came after it. Events that no window of the newest event reaches are
+    dropped (lazily, in blocks).
     """
 
-    __slots__ = ("_distinct", "_left", "_sums", "ids", "order", "times", "values", "view")
+    __slots__ = ("_distinct", "_left", "_totals", "ids", "order", "times", "values", "view")
 
     PRUNE_BLOCK = 256
 
     def __init__(self, view: WindowedView) -> None:
         self.view = view
-        # Parallel lists in time order (ties in arrival order): times, event ids, the aggregated columns.
+        # Parallel lists in time order: times, event ids, the aggregated columns.
         self.times: list[int] = []
         self.order: list[str] = []
         self.ids: set[str] = set()
         self.values: dict[str, list[Any]] = {c: [] for c in view.columns}
+        # Per summed column, the total of the events before each position (one more entry than events).
+        self._totals: dict[str, list[int]] = {c: [0] for c in view.unit_columns}
+        # Per window, the position of its first event (the window is that event up to the newest).
         self._left = dict.fromkeys(view.windows, 0)
-        self._sums = {w: dict.fromkeys(summed, 0) for w, (summed, _) in view.aggregates.items()}
         self._distinct: dict[int, dict[str, dict[Any, int]]] = {
-            w: {c: {} for c in counted} for w, (_, counted) in view.aggregates.items()
+            w: {c: {} for c in counted} for w, (_, counted) in view.aggregates.items() if counted
         }
 
     def __len__(self) -> int:
@@ -392,46 +401,61 @@ class EntityWindows:
         newest = times[-1] if times else None
         if newest is not None and time_us <= newest - self.view.horizon_us:
             return False
-        position = len(times) if newest is None or time_us >= newest else bisect_right(times, time_us)
+        self.ids.add(event_id)
+        if newest is None or time_us >= newest:
+            times.append(time_us)
+            self.order.append(event_id)
+            for column, values in self.values.items():
+                values.append(row[column])
+            for column, totals in self._totals.items():
+                totals.append(totals[-1] + row[column])
+            if newest is None or time_us > newest:
+                # The newest event moved: each window's start slides past what fell out of it.
+                left_of = self._left
+                for window, left in left_of.items():
+                    limit = time_us - window
+                    if times[left] <= limit:
+                        counted = self._distinct.get(window)
+                        while times[left] <= limit:
+                            if counted:
+                                self._leave(counted, left)
+                            left += 1
+                        left_of[window] = left
+            for counted in self._distinct.values():
+                self._enter(counted, row)
+        else:
+            self._insert_late(event_id, time_us, row, newest)
+        self._prune()
+        return True
+
+    def _insert_late(self, event_id: str, time_us: int, row: Mapping[str, Any], newest: int) -> None:
+        times = self.times
+        position = bisect_right(times, time_us)
         times.insert(position, time_us)
         self.order.insert(position, event_id)
         for column, values in self.values.items():
             values.insert(position, row[column])
-        self.ids.add(event_id)
-        if newest is None or time_us > newest:
-            # The newest event moved: each window's start slides past what fell out of it, then takes the event.
-            for window, left in self._left.items():
-                limit = time_us - window
-                if times[left] <= limit:
-                    while times[left] <= limit:
-                        self._leave(window, left)
-                        left += 1
-                    self._left[window] = left
-                self._enter(window, row)
-        else:
-            for window in self._left:
-                if time_us > newest - window:
-                    self._enter(window, row)
-                else:  # inserted before the window's first event
-                    self._left[window] += 1
-        self._prune()
-        return True
+        for column, totals in self._totals.items():
+            amount = row[column]
+            totals.insert(position + 1, totals[position] + amount)
+            for i in range(position + 2, len(totals)):
+                totals[i] += amount
+        for window in self._left:
+            if time_us > newest - window:
+                if counted := self._distinct.get(window):
+                    self._enter(counted, row)
+            else:  # inserted before the window's first event
+                self._left[window] += 1
 
-    def _enter(self, window: int, row: Mapping[str, Any]) -> None:
-        sums = self._sums[window]
-        for column in sums:
-            sums[column] += row[column]
-        for column, counts in self._distinct[window].items():
+    @staticmethod
+    def _enter(counted: dict[str, dict[Any, int]], row: Mapping[str, Any]) -> None:
+        for column, counts in counted.items():
             value = row[column]
             counts[value] = counts.get(value, 0) + 1
 
-    def _leave(self, window: int, position: int) -> None:
-        values = self.values
-        sums = self._sums[window]
-        for column in sums:
-            sums[column] -= values[column][position]
-        for column, counts in self._distinct[window].items():
-            value = values[column][position]
+    def _leave(self, counted: dict[str, dict[Any, int]], position: int) -> None:
+        for column, counts in counted.items():
+            value = self.values[column][position]
             left = counts[value] - 1
             if left:
                 counts[value] = left
@@ -447,31 +471,39 @@ class EntityWindows:
         del self.times[:stale]
         for values in self.values.values():
             del values[:stale]
+        for totals in self._totals.values():
+            del totals[:stale]
         for window in self._left:
             self._left[window] -= stale
 
     def features(self) -> dict[str, Any]:
         """The view's values as of the newest event (``compute_windows``' row for it, to the bit)."""
+        return dict(zip(self.view.feature_names, self.feature_values(), strict=True))
+
+    def feature_values(self) -> list[Any]:
+        """``features()``' values in the order of the view's features."""
         times = self.times
         if not times:
             raise LookupError(f"no events for this entity of {self.view.name!r}")
         newest, n = times[-1], len(times)
-        out: dict[str, Any] = {}
+        left_of, totals = self._left, self._totals
+        out: list[Any] = []
         for feature in self.view.features:
             kind, window = feature.aggregation, feature.window_us
-            if kind == "unix_time":
-                out[feature.name] = newest // MICROS
-            elif kind == "seconds_since_previous":
-                cap = window / MICROS
-                out[feature.name] = min((newest - times[-2]) / MICROS, cap) if n > 1 else cap
-            elif kind == "count":
-                out[feature.name] = n - self._left[window]
+            if kind == "count":
+                out.append(n - left_of[window])
+            elif kind == "sum" or kind == "mean":
+                running = totals[feature.column]
+                left = left_of[window]
+                total = float(running[n] - running[left])
+                out.append(total / UNITS if kind == "sum" else total / ((n - left) * float(UNITS)))
             elif kind == "count_distinct":
-                out[feature.name] = len(self._distinct[window][feature.column])
-            else:
-                total = float(self._sums[window][feature.column])
-                count = n - self._left[window]
-                out[feature.name] = total / UNITS if kind == "sum" else total / (count * float(UNITS))
+                out.append(len(self._distinct[window][feature.column]))
+            elif kind == "unix_time":
+                out.append(newest // MICROS)
+            else:  # seconds_since_previous
+                cap = window / MICROS
+                out.append(min((newest - times[-2]) / MICROS, cap) if n > 1 else cap)
         return out
 
     def stamp_us(self) -> int:
