@@ -55,7 +55,7 @@ RETRAINING_TIMEOUT_SECONDS = 150
 # The drifted period is streamed in this many slices, each followed by a feature pipeline run.
 STREAM_SLICES = 2
 # The stream processes the demo runs beside the service.
-STREAM_PROCESSES = ("processor", "traffic", "landing")
+STREAM_PROCESSES = ("processor", "traffic", "landing", "shadow")
 
 
 @dataclass(frozen=True)
@@ -642,7 +642,7 @@ def run_demo(settings: Settings, size: DemoSize, end: pd.Timestamp, started: flo
         warmed.result()
         steps.result(f"service ready at {url} (its own log: {settings.home / 'service.log'})")
         steps.result(
-            "stream processes ready: window processor, traffic log, landing writer (their logs: "
+            "stream processes ready: window processor, traffic log, landing writer, shadow scorer (their logs: "
             + ", ".join(str(settings.home / f"{name}.log") for name in STREAM_PROCESSES)
             + ")"
         )

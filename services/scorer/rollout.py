@@ -25,14 +25,14 @@ import asyncio
 import logging
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from model_store.registry import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
     from services.scorer.metrics import ScorerMetrics
     from services.scorer.model import ServingModel
-    from services.scorer.scoring import OnlineScoring
+    from services.scorer.scoring import Models
     from services.scorer.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -80,20 +80,34 @@ def load_version(settings: ServiceSettings, version: str) -> ServingModel:
     return model
 
 
+class Following(Protocol):
+    """What a follower keeps on the registry's aliases: the scoring service's ``OnlineScoring``, the shadow's."""
+
+    models: Models
+
+    def swap(self, models: Models) -> None: ...
+
+    def check(self, model: ServingModel) -> None:
+        """Raise when ``model`` cannot be served here (the message says why)."""
+
+
 class ModelFollower:
-    """Keeps an ``OnlineScoring``'s champion and challenger on the registry's aliases (see the module docstring)."""
+    """Keeps the champion and challenger of what it follows on the registry's aliases (see the module docstring)."""
 
     def __init__(
         self,
-        scoring: OnlineScoring,
+        scoring: Following,
         settings: ServiceSettings,
         metrics: ScorerMetrics,
         load: Any = load_version,
+        explain: bool = True,
     ) -> None:
         self.scoring = scoring
         self.settings = settings
         self.metrics = metrics
         self.load = load
+        # Whether loaded versions get their reason-code tables (a shadow scorer does not explain).
+        self.explain = explain
         self.interval = settings.model_poll_seconds
         self._refused: dict[str, str] = {}
         self._preparing: set[asyncio.Task[None]] = set()
@@ -160,7 +174,7 @@ class ModelFollower:
             if loaded is not None:
                 self.scoring.swap(replace(self.scoring.models, challenger=loaded))
                 logger.info(
-                    "challenger %s v%s loaded: it scores in the shadow and decides the canary",
+                    "challenger %s v%s loaded: it decides the canary and is scored in the shadow",
                     loaded.name,
                     loaded.version,
                 )
@@ -168,11 +182,9 @@ class ModelFollower:
     async def _load(self, alias: str, version: str) -> ServingModel | None:
         if self._refused.get(alias) == version:
             return None
-        from services.scorer.scoring import check_serves
-
         try:
             model = await asyncio.to_thread(self.load, self.settings, version)
-            check_serves(self.scoring.reader, model)
+            self.scoring.check(model)
         except (
             Exception
         ) as error:  # any failure to load or check: refused, and the current models keep serving
@@ -189,7 +201,8 @@ class ModelFollower:
             return None
         self._refused.pop(alias, None)
         self.metrics.model_swaps.labels(outcome="loaded").inc()
-        self.explain_soon(model)
+        if self.explain:
+            self.explain_soon(model)
         return model
 
     def explain_soon(self, model: ServingModel) -> None:

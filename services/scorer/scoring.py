@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from services.scorer.metrics import ScorerMetrics
     from services.scorer.model import ServingModel
     from services.scorer.online_features import FeatureReader
-    from services.scorer.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +122,9 @@ class DecisionPublisher:
 class Models:
     """The models requests are decided with, replaced as a whole between requests (``OnlineScoring.swap``).
 
-    ``challenger`` (the registry's ``challenger`` alias, when set) decides for the canary's customers and scores
-    the other transactions in the shadow; ``baked`` says the champion is the bento's own copy, not one read
-    from the registry.
+    ``challenger`` (the registry's ``challenger`` alias, when set) decides for the canary's customers; the shadow
+    scorer (``services/stream/shadow.py``) scores the others with it from their decision records. ``baked``
+    says the champion is the bento's own copy, not one read from the registry.
     """
 
     champion: ServingModel
@@ -150,7 +149,6 @@ class OnlineScoring:
         metrics: ScorerMetrics,
         publisher: DecisionPublisher | None,
         canary_share: float = 0.0,
-        shadow: ShadowScorer | None = None,
         baked: bool = False,
     ) -> None:
         check_serves(reader, model)
@@ -159,7 +157,6 @@ class OnlineScoring:
         self.metrics = metrics
         self.publisher = publisher
         self.canary_share = canary_share
-        self.shadow = shadow
 
     @property
     def model(self) -> ServingModel:
@@ -169,6 +166,10 @@ class OnlineScoring:
     def swap(self, models: Models) -> None:
         """Decide the next requests with ``models``; requests in flight finish with the ones they started with."""
         self.models = models
+
+    def check(self, model: ServingModel) -> None:
+        """Refuse a model this service cannot feed (``FeaturesMismatch``)."""
+        check_serves(self.reader, model)
 
     async def score(
         self, requests: Sequence[transaction.Transaction], explain: int = 0
@@ -239,11 +240,6 @@ class OnlineScoring:
             for request, result, row in zip(requests, results, zip(*values, strict=True), strict=True):
                 decision = decision_json(result, scored_at, dict(zip(names, row, strict=True)))
                 records.append(encode(transaction_json(request), source, decision))
-        if challenger is not None and self.shadow is not None:
-            # The model that did not decide scores each transaction after the answer, off the request path.
-            self.shadow.submit(
-                requests, columns, [challenger if d is champion else champion for d in deciders]
-            )
         return Decided(results, records)
 
     @staticmethod

@@ -211,7 +211,6 @@ class OnlineScorer:
         from services.scorer.online_features import RedisFeatureReader, open_feature_reader
         from services.scorer.rollout import ModelFollower
         from services.scorer.scoring import CoalescingScorer, DecisionPublisher, OnlineScoring
-        from services.scorer.shadow import ShadowScorer
 
         settings = get_service_settings()
         self.max_batch_size = settings.max_batch_size
@@ -231,7 +230,7 @@ class OnlineScorer:
         reader = open_feature_reader(settings, model.contract.feature_service)
         metrics = scorer_metrics()
         metrics.set_model(model.name, model.version)
-        publisher = shadow = None
+        publisher = None
         if not settings.publish_decisions:
             logger.warning(
                 "decisions are not published (RTML_PUBLISH_DECISIONS=false): no decision record, no traffic log"
@@ -246,15 +245,8 @@ class OnlineScorer:
             publisher = DecisionPublisher(
                 reader.client, settings.stream("transactions"), settings.stream_max_length
             )
-            if settings.shadow_share > 0:
-                shadow = ShadowScorer(
-                    reader.client,
-                    settings.stream("shadow"),
-                    settings.stream_max_length,
-                    settings.shadow_share,
-                )
         self.scoring = OnlineScoring(
-            reader, model, metrics, publisher, canary_share=settings.canary_share, shadow=shadow, baked=True
+            reader, model, metrics, publisher, canary_share=settings.canary_share, baked=True
         )
         self.coalescer = CoalescingScorer(self.scoring)
         self.follower = (
@@ -272,7 +264,7 @@ class OnlineScorer:
 
     @bentoml.on_startup
     async def follow_the_registry(self) -> None:
-        """Prepare the reason codes, start following the registry's aliases and shadow scoring, in this worker's
+        """Prepare the reason codes and start following the registry's aliases, in this worker's
         event loop (the preparation in a thread: the service is ready meanwhile)."""
         from services.scorer.explanations import prepare_explanations
 
@@ -284,17 +276,13 @@ class OnlineScorer:
         )
         if self.follower is not None:
             self._tasks.append(loop.create_task(self.follower.run()))
-        if self.scoring.shadow is not None:
-            self._tasks.append(loop.create_task(self.scoring.shadow.run()))
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        """Stop following the registry, record the shadow scores queued, close connections (BentoML's shutdown
+        """Stop following the registry, close connections (BentoML's shutdown
         hook); every answered decision is in the stream already."""
         for task in self._tasks:
             task.cancel()
-        if self.scoring.shadow is not None:
-            await self.scoring.shadow.flush()
         await self.scoring.reader.close()
         if self._interpreter_defaults is not None:
             thresholds, switch_interval = self._interpreter_defaults

@@ -33,12 +33,6 @@ class ServiceSettings(Settings):
         description="How often each worker reads the registry's champion and challenger aliases (0: never; the "
         "bento's baked model serves). A moved alias decides requests within this plus the load (docs).",
     )
-    shadow_share: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="Share of transactions the challenger scores in the shadow, off the request path.",
-    )
     canary_share: float = Field(
         0.0,
         ge=0,

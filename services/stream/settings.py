@@ -28,6 +28,12 @@ class StreamSettings(Settings):
         ge=1,
         description="Entities whose window state a processor keeps in memory (the rest in Redis).",
     )
+    shadow_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of decisions (by transaction id) the model that did not decide scores in the shadow.",
+    )
     stream_health_port: int = Field(8081, ge=0, le=65535, description="/livez, /readyz, /metrics; 0 is off.")
     landing_flush_seconds: float = Field(
         60.0,

@@ -10,7 +10,8 @@ following the registry every `RTML_MODEL_POLL_SECONDS`, 5 s by default). Three m
    answers and socket errors over the whole run; p99 of the runs with a move against the median p99 of the
    steady runs. Probe requests (20 per second, from `deploy/local/rollout_drill.py`) time each move to the
    first decision by the new version.
-2. `/score` at one connection with the challenger shadowing every transaction and without a challenger,
+2. `/score` at one connection with the challenger shadowing every decision (the shadow scorer,
+   `python -m services.stream.shadow`, runs beside the service throughout) and without a challenger,
    alternated twice each.
 3. `/score?explain=3` at one connection.
 """
@@ -35,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.local.rollout_drill import Move, Probes  # noqa: E402
-from deploy.local.servers import free_port  # noqa: E402
+from deploy.local.servers import free_port, stream_process  # noqa: E402
 from tests.benchmarks.bench_service import (  # noqa: E402
     BENTOML_SERVE,
     prepare_home,
@@ -144,7 +145,7 @@ def main() -> None:
         wait_ready(url, process, log)
         run_wrk(url, scripts["score"], 4, 3)  # warm-up
 
-        with Probes(url) as probes:
+        with stream_process("shadow", env, home / "shadow.log"), Probes(url) as probes:
             # 1. Alias moves under 32 connections, no challenger loaded: each move loads its version (and fills
             # its reason-code table from the decisions recorded so far).
             registry.mlflow_client(settings).delete_registered_model_alias(

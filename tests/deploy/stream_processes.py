@@ -36,6 +36,7 @@ STREAM_PROCESSES = {
     "stream-traffic-log": StreamProcess("traffic", "traffic-log", writes_files=True),
     "stream-landing": StreamProcess("landing", "landing", writes_files=True),
     "stream-scorer": StreamProcess("scorer", "stream-scorer", writes_files=False, optional=True),
+    "stream-shadow": StreamProcess("shadow", "shadow", writes_files=False),
 }
 # /livez, /readyz and /metrics of every stream process, unless RTML_STREAM_HEALTH_PORT says otherwise.
 HEALTH_PORT = StreamSettings.model_fields["stream_health_port"].default

@@ -466,6 +466,12 @@ def test_the_documented_postgres_egress_policy_validates_and_selects_the_postgre
     labels = pod_labels(resources)
     selected = {pod for pod, pod_label in labels.items() if selects(policy["spec"]["podSelector"], pod_label)}
     # The registry (Feast SQL registry) and MLflow's database: the pods whose settings name PostgreSQL.
-    assert selected == {"fraud-scorer", "prefect-worker", "stream-processor", "stream-scorer"}
+    assert selected == {
+        "fraud-scorer",
+        "prefect-worker",
+        "stream-processor",
+        "stream-scorer",
+        "stream-shadow",
+    }
     ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
     assert 5432 in ports and 53 in ports

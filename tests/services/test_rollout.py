@@ -141,24 +141,43 @@ def test_a_version_that_fails_its_check_is_refused_and_the_old_one_keeps_serving
     assert (REGISTRY.get_sample_value("model_swaps_total", {"outcome": "refused"}) or 0) == refused_before + 1
 
 
-def test_the_challenger_scores_in_the_shadow_and_decides_the_canary(
+def test_the_challenger_decides_the_canary_and_the_other_model_scores_each_decision_in_the_shadow(
     rollout_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from services.scorer.metrics import scorer_metrics
+    from services.scorer.rollout import ModelFollower
     from services.scorer.service import OnlineScorer
+    from services.scorer.settings import get_service_settings
+    from services.stream.consumer import Entry
     from services.stream.events import decode
+    from services.stream.settings import get_stream_settings
+    from services.stream.shadow import open_shadow
 
     settings = install_env(rollout_env, monkeypatch, canary_share="0.5")
     try:
         challenger = new_version(settings, seed=7)
         service = OnlineScorer()
         requests = requests_for(settings, 60, "canary")
+        client = redis.Redis.from_url(settings.redis_url)
+        transactions = settings.stream("transactions")
+        start = (
+            client.xinfo_stream(transactions)["last-generated-id"] if client.exists(transactions) else b"0-0"
+        )
 
         async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             await service.follower.poll()
             first = await service.scoring.score(requests)
             again = await service.scoring.score(requests)
-            await service.scoring.shadow.flush()
             await service.close()
+            # The shadow scorer, as `python -m services.stream.shadow` runs it, over the decisions just recorded.
+            shadow = open_shadow(get_stream_settings())
+            await ModelFollower(shadow, get_service_settings(), scorer_metrics(), explain=False).poll()
+            entries = [
+                Entry(transactions, i, f) for i, f in client.xrange(transactions, f"({start.decode()}")
+            ]
+            effects = await shadow.handle(entries[: len(requests)])
+            for command in effects.commands:
+                client.execute_command(*command)
             return first, again
 
         first, again = asyncio.run(scenario())
@@ -169,7 +188,10 @@ def test_the_challenger_scores_in_the_shadow_and_decides_the_canary(
         assert all(len(versions) == 1 for versions in by_customer.values())
         share = np.mean([versions == {challenger} for versions in by_customer.values()])
         assert 0.2 < share < 0.8
-        client = redis.Redis.from_url(settings.redis_url)
+        recorded = {
+            e.transaction.transaction_id: e.decision
+            for e in (decode(i, f) for i, f in client.xrange(transactions, f"({start.decode()}"))
+        }
         shadow = [decode(i, f) for i, f in client.xrange(settings.stream("shadow"))]
         client.close()
         shadowed = {
@@ -178,10 +200,15 @@ def test_the_challenger_scores_in_the_shadow_and_decides_the_canary(
             if e.transaction.transaction_id.startswith("canary-")
         }
         assert set(shadowed) == {r.transaction_id for r in requests}
+        models = {m.version: m for m in (service.scoring.models.champion, service.scoring.models.challenger)}
         for request, answer in zip(requests, first, strict=True):
-            # The shadow holds the model that did not decide.
+            # The shadow holds the model that did not decide, scoring what the deciding model received.
             expected = "1" if answer["model_version"] == challenger else challenger
-            assert shadowed[request.transaction_id].model_version == expected
+            score = shadowed[request.transaction_id]
+            assert score.model_version == expected
+            features = recorded[request.transaction_id].features
+            offline = models[expected].predict({name: [features[name]] for name in models[expected].features})
+            assert score.fraud_probability == pytest.approx(float(offline[0]), abs=1e-9)
     finally:
         registry.promote("1", "back to v1", settings)
         with __import__("contextlib").suppress(Exception):
@@ -293,10 +320,16 @@ def test_over_http_under_load_promotions_and_rollbacks_swap_with_no_failed_reque
         )
         for i in range(200)
     ]
-    with bentoml_serve(rollout_env, tmp_path) as server, Load(server.url, payloads) as load:
+    from deploy.local.servers import stream_process
+
+    with (
+        bentoml_serve(rollout_env, tmp_path) as server,
+        stream_process("shadow", rollout_env, tmp_path / "shadow.log"),
+        Load(server.url, payloads) as load,
+    ):
         until(lambda: len(load.answers) > 50)
         v2 = new_version(rollout_settings, seed=8)
-        # The challenger shadows first: its scores reach the shadow stream, the champion still decides.
+        # The challenger shadows first: the shadow process scores the decisions with it, the champion decides.
         client = redis.Redis.from_url(rollout_settings.redis_url)
         until(
             lambda: any(
