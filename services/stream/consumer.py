@@ -109,6 +109,7 @@ class GroupConsumer:
         name: str | None = None,
         on_state_lost: Callable[[], None] | None = None,
         on_idle: Callable[[], Awaitable[list[Entry]]] | None = None,
+        pace_seconds: float = 0.0,
     ) -> None:
         self.client = client
         self.streams = list(streams)
@@ -123,6 +124,9 @@ class GroupConsumer:
         # Called when a read finds nothing new: a buffering handler writes what is due and returns the entries
         # that may now be acknowledged (otherwise its last rows would wait for the next entry).
         self.on_idle = on_idle
+        # A consumer nothing waits on (the shadow scorer) reads at most this often unless it is behind: fewer,
+        # larger batches cost less per entry and wake the process less often beside the scoring service.
+        self.pace_seconds = pace_seconds
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
         self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
@@ -161,6 +165,7 @@ class GroupConsumer:
                     if not await self.fence.renew(reacquire=self._state_reloaded):
                         raise FenceLost(f"lease {self.fence.key} is held by another process")
                     self._state_reloaded = False
+                read_at = time.monotonic()
                 entries = await self.read()
                 self.stats.redis_ok = True
                 if entries:
@@ -172,6 +177,8 @@ class GroupConsumer:
                 if time.monotonic() - self._lag_checked > LAG_CHECK_SECONDS:
                     await self.measure_lag()
                 backoff = 0.1
+                if self.pace_seconds and len(entries) < self.batch_size:
+                    await self._sleep(self.pace_seconds - (time.monotonic() - read_at))
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 self.stats.redis_ok = False
                 self.stats.errors += 1
@@ -352,6 +359,8 @@ class GroupConsumer:
         await execute_atomically(self.client, commands, self.fence)
 
     async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 

@@ -41,6 +41,8 @@ class Role:
     flush_due: Callable[[], Awaitable[list[Entry]]] | None = None
     flush: Callable[[], Awaitable[list[Entry]]] | None = None
     release: Callable[[], Awaitable[None]] | None = None
+    # Read at most this often unless behind (``GroupConsumer.pace_seconds``).
+    pace_seconds: float = 0.0
 
 
 RoleFactory = Callable[["StreamSettings", "Redis", asyncio.Event], Awaitable[Role | None]]
@@ -84,6 +86,7 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
             fence=role.fence,
             on_state_lost=role.on_state_lost,
             on_idle=role.flush_due,
+            pace_seconds=role.pace_seconds,
         )
         health.watch(consumer)
         if stopping.is_set():

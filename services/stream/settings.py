@@ -34,6 +34,12 @@ class StreamSettings(Settings):
         le=1,
         description="Share of decisions (by transaction id) the model that did not decide scores in the shadow.",
     )
+    shadow_pace_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="The shadow scorer reads at most this often unless behind: fewer, larger batches beside "
+        "the scoring service.",
+    )
     stream_health_port: int = Field(8081, ge=0, le=65535, description="/livez, /readyz, /metrics; 0 is off.")
     landing_flush_seconds: float = Field(
         60.0,

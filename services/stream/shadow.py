@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GROUP = "shadow"
+SHADOW_NICENESS = 10
 
 
 @dataclass
@@ -149,6 +151,9 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
     from services.scorer.rollout import ModelFollower
     from services.scorer.settings import get_service_settings
 
+    # Background work: where it shares a machine with the scoring service (a laptop, a node), the kernel gives
+    # the service the CPU first, also while a moved alias makes both load the new version.
+    os.nice(SHADOW_NICENESS)
     shadow = await asyncio.to_thread(open_shadow, settings)
     follower = ModelFollower(shadow, get_service_settings(), scorer_metrics(), explain=False)
     await follower.poll()
@@ -172,6 +177,7 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
         streams=[settings.stream("transactions")],
         handler=shadow.handle,
         release=release,
+        pace_seconds=settings.shadow_pace_seconds,
     )
 
 

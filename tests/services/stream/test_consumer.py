@@ -1,0 +1,68 @@
+"""The consumer loop's pacing against the real Redis: a paced consumer reads at most once per interval unless
+it is behind, and then reads full batches back to back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+
+import redis
+
+from services.stream.consumer import Effects, Entry, GroupConsumer
+from tests.conftest import REDIS_URL
+
+
+def test_a_paced_consumer_reads_once_per_interval_unless_a_full_batch_says_it_is_behind() -> None:
+    stream = f"rtml:test-pacing:{uuid.uuid4().hex[:8]}"
+    sync = redis.Redis.from_url(REDIS_URL)
+    for i in range(25):  # a backlog of two full batches of 10 and a partial one
+        sync.xadd(stream, {b"n": str(i).encode()})
+    batches: list[tuple[float, int]] = []
+
+    async def run() -> None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(REDIS_URL)
+
+        async def handle(entries: list[Entry]) -> Effects:
+            batches.append((time.monotonic(), len(entries)))
+            return Effects()
+
+        consumer = GroupConsumer(
+            client,
+            [stream],
+            "paced",
+            handle,
+            dead_letter_stream=f"{stream}:dead",
+            batch_size=10,
+            pace_seconds=1.0,
+        )
+
+        async def feed() -> None:
+            while len(batches) < 3:
+                await asyncio.sleep(0.01)
+            for i in range(3):  # arrive one by one, faster than the pace
+                sync.xadd(stream, {b"n": f"late-{i}".encode()})
+                await asyncio.sleep(0.1)
+            while sum(n for _, n in batches) < 28:
+                await asyncio.sleep(0.01)
+            consumer.stop()
+
+        await asyncio.wait_for(asyncio.gather(consumer.run(), feed()), timeout=20)
+        await client.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        sync.delete(stream, f"{stream}:dead")
+        sync.close()
+    sizes = [n for _, n in batches]
+    assert sizes[:3] == [10, 10, 5] and sum(sizes) == 28
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(batches)]
+    # Behind: the full batches follow each other without the pause; then at most one read per second.
+    assert gaps[0] < 0.8 and gaps[1] < 0.8
+    assert all(gap >= 0.95 for gap in gaps[2:])
+    # The three late entries, 0.1 s apart, came in one read.
+    assert sizes[3] == 3
