@@ -59,6 +59,7 @@ from flows.feature_store.validation import (
     validate_chunks,
     write_quarantine,
 )
+from flows.feature_store.window_sql import compute_windows_sql
 from flows.fraud_data.features import (
     compute_customer_profile,
     compute_merchant_profile,
@@ -70,7 +71,7 @@ from flows.settings import get_flow_settings
 from model_store import libraries
 from model_store.atomic_files import write_atomically
 from model_store.settings import Settings, redacted_url
-from services.stream.windows import WindowedView, compute_windows, windowed_views
+from services.stream.windows import WindowedView, windowed_views
 
 
 class FeaturePipelineParams(BaseModel):
@@ -352,7 +353,7 @@ def scatter_to_shards(
 def compute_window_shard(settings: Settings, view: WindowedView, path: Path, run_name: str) -> WindowShard:
     """One view's rows for one shard of entities, written to the offline store as that shard's own files."""
     new, history = read_shard(path)
-    frame = compute_windows(view, new, history)
+    frame = compute_windows_sql(view, new, history)
     write_partitions(frame, settings.offline_dir / view.name, run_name, part=shard_number(path))
     # Rows come sorted by stamp: the last of each entity is its newest.
     return WindowShard(len(frame), frame.drop_duplicates(view.key, keep="last"))

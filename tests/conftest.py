@@ -112,3 +112,11 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def declared_views() -> dict:
+    """The windowed views as the repository declares them (``services/stream/windows.py``), by name."""
+    from tests.fixtures.feature_repo import declared_windowed_views
+
+    return declared_windowed_views()

@@ -245,7 +245,7 @@ def compute_windows(
     Both frames hold ``transaction_id``, ``event_timestamp``, the view's key and the columns it aggregates. A
     history row with the id of a new event is the same event and is dropped. Rows come sorted by stamp, then key.
     """
-    frame, is_new = _with_history(view, events, history)
+    frame, is_new = with_history(view, events, history)
     keys = frame[view.key].to_numpy()
     codes, uniques = pd.factorize(keys)
     times = micros(frame["event_timestamp"])
@@ -335,9 +335,11 @@ def _distinct_in_window(
     return (count - (a - b)).astype(np.int64)
 
 
-def _with_history(
+def with_history(
     view: WindowedView, events: pd.DataFrame, history: pd.DataFrame | None
 ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The events a batch evaluation reads, history first, and which of them are new (a history row with a new
+    event's id is that event and is left out)."""
     columns = list(dict.fromkeys(["transaction_id", "event_timestamp", view.key, *view.columns]))
     new = events[columns]
     if history is None or history.empty:

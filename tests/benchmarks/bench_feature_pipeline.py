@@ -150,13 +150,13 @@ def main() -> None:
     from flows import feature_pipeline as fp
     from flows.feature_store.materialize import latest_per_entity, materialize_frames
     from flows.settings import get_flow_settings
-    from model_store.settings import clear_settings, get_settings
+    from model_store.settings import clear_settings
     from tests.conftest import delete_project_keys
 
-    settings = get_settings()
+    settings = get_flow_settings()
     settings.export_feast_env()
     figures: list[tuple[str, int, float, float]] = []
-    limit = get_flow_settings().max_invalid_fraction
+    limit = settings.max_invalid_fraction
     feast = Path(sys.executable).with_name("feast")
     with timed("feast apply", 0, figures):
         subprocess.run(

@@ -20,8 +20,7 @@ from services.stream.windows import (
     event_row,
     to_units,
 )
-
-T0 = pd.Timestamp("2026-03-01 12:00", tz="UTC")
+from tests.fixtures.histories import T0, histories
 
 
 def frame(rows: list[tuple[int, int, str | pd.Timedelta, float]]) -> pd.DataFrame:
@@ -175,34 +174,6 @@ def test_a_run_with_history_equals_the_full_run(declared_views: dict[str, Window
         pd.testing.assert_frame_equal(
             compute_windows(view, pd.concat([events, later])).iloc[: len(full)], full
         )
-
-
-ids = st.integers(min_value=1, max_value=2**62)
-
-
-@st.composite
-def histories(draw: st.DrawFn) -> pd.DataFrame:
-    """Events of a few entities with ids up to 2**62, ties in time, spans from seconds to a year."""
-    customers = draw(st.lists(ids, min_size=1, max_size=4, unique=True))
-    merchants = draw(st.lists(ids, min_size=1, max_size=4, unique=True))
-    span = draw(st.sampled_from([60, 3_600, 86_400, 10 * 86_400, 365 * 86_400]))
-    n = draw(st.integers(min_value=1, max_value=40))
-    seconds = draw(st.lists(st.integers(0, span), min_size=n, max_size=n))
-    return pd.DataFrame(
-        {
-            "transaction_id": [f"h{i}" for i in range(n)],
-            "event_timestamp": (T0 + pd.to_timedelta(sorted(seconds), unit="s")).astype(
-                "datetime64[us, UTC]"
-            ),
-            "customer_id": np.array(
-                draw(st.lists(st.sampled_from(customers), min_size=n, max_size=n)), np.int64
-            ),
-            "merchant_id": np.array(
-                draw(st.lists(st.sampled_from(merchants), min_size=n, max_size=n)), np.int64
-            ),
-            "amount": np.array(draw(st.lists(st.integers(1, 5_000_000), min_size=n, max_size=n))) / 100,
-        }
-    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
