@@ -12,7 +12,9 @@ A row is the state as of one event, including it: windows are ``(t - window, t]`
 entity's previous event, which is what the online store holds when that event is scored.
 
 The two evaluators:
-- ``compute_windows``: vectorized, over a whole history at once (the batch feature pipeline);
+- ``compute_windows``: vectorized, over a whole history at once: the reference for the batch rows, which the
+  feature pipeline computes with the same declarations as DuckDB window functions
+  (``flows/feature_store/window_sql.py``, held to this one to the bit by its own parity test);
 - ``EntityWindows``: one entity, event by event, in amortized constant time per event, late and out-of-order
   events included (the stream processor).
 Both do exact arithmetic, so they agree to the bit: amounts are summed as integers of millionths
