@@ -20,15 +20,18 @@ Stream entry ids (``<milliseconds>-<sequence>``) are Redis's clock at publicatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from services.scorer.transaction import Transaction
+
+if TYPE_CHECKING:
+    from services.stream.consumer import Entry
 
 SCHEMA = "transaction.v1"
 # The source of the shadow stream's entries: scores of the model that did not decide.
@@ -128,6 +131,19 @@ def decode(entry_id: bytes, fields: Mapping[bytes, bytes]) -> TransactionEvent:
         except ValidationError as error:
             raise MalformedEvent(f"decision: {_problems(error)}") from None
     return TransactionEvent(entry_id, transaction, source, decision)
+
+
+def decode_entries(
+    entries: Iterable[Entry], dead_letters: list[tuple[Entry, str]]
+) -> Iterator[tuple[Entry, TransactionEvent]]:
+    """Each entry with its event; a malformed entry goes to ``dead_letters`` with its reason instead."""
+    for entry in entries:
+        try:
+            event = decode(entry.id, entry.fields or {})
+        except MalformedEvent as error:
+            dead_letters.append((entry, str(error)))
+            continue
+        yield entry, event
 
 
 def _problems(error: ValidationError) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from model_store.atomic_files import write_atomically
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, covered, range_name
-from services.stream.events import MalformedEvent, decode, raw_row
+from services.stream.events import decode_entries, raw_row
 from services.stream.runner import Role, main
 
 if TYPE_CHECKING:
@@ -52,12 +52,7 @@ class LandingWriter(EntryFileWriter):
 
     async def handle(self, entries: list[Entry]) -> Effects:
         effects = Effects(ack=[])
-        for entry in entries:
-            try:
-                event = decode(entry.id, entry.fields or {})
-            except MalformedEvent as error:
-                effects.dead_letters.append((entry, str(error)))
-                continue
+        for entry, event in decode_entries(entries, effects.dead_letters):
             if event.source in NOT_LANDED or covered(self._landed(), entry.id, PREFIX):
                 effects.ack.append(entry)
                 continue

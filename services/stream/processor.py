@@ -40,7 +40,7 @@ import orjson
 from model_store import libraries
 from model_store.settings import redacted_url
 from services.stream.consumer import Command, Effects, Entry
-from services.stream.events import MalformedEvent, TransactionEvent, decode, raw_row
+from services.stream.events import TransactionEvent, decode_entries, raw_row
 from services.stream.runner import Role, main
 from services.stream.windows import STAMP_DELAY_US, UNITS, EntityWindows, WindowedView, windowed_views
 
@@ -347,12 +347,7 @@ class WindowProcessor:
 
     async def handle(self, entries: list[Entry]) -> Effects:
         effects = Effects()
-        events: list[TransactionEvent] = []
-        for entry in entries:
-            try:
-                events.append(decode(entry.id, entry.fields or {}))
-            except MalformedEvent as error:
-                effects.dead_letters.append((entry, str(error)))
+        events = [event for _, event in decode_entries(entries, effects.dead_letters)]
         self.state.trim()
         targets = self.state.mine(events)
         missing = self.state.missing(targets)

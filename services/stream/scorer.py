@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from services.scorer.online_features import OnlineStoreUnavailable
 from services.stream.consumer import Effects, Entry
-from services.stream.events import MalformedEvent, decode
+from services.stream.events import decode_entries
 from services.stream.publish import xadd
 from services.stream.runner import Role, main
 
@@ -47,12 +47,7 @@ class StreamScorer:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         effects = Effects()
-        requests = []
-        for entry in entries:
-            try:
-                requests.append(decode(entry.id, entry.fields or {}).transaction)
-            except MalformedEvent as error:
-                effects.dead_letters.append((entry, str(error)))
+        requests = [event.transaction for _, event in decode_entries(entries, effects.dead_letters)]
         if not requests:
             return effects
         try:

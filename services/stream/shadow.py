@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from services.stream.consumer import Effects, Entry
-from services.stream.events import SHADOW, MalformedEvent, decision_json, decode, encode, transaction_json
+from services.stream.events import SHADOW, decision_json, decode_entries, encode, transaction_json
 from services.stream.publish import xadd
 from services.stream.runner import Role, main
 
@@ -79,12 +79,7 @@ class ShadowScoring:
         if models.challenger is None:
             return effects
         by_model: dict[str, tuple[ServingModel, list[TransactionEvent]]] = {}
-        for entry in entries:
-            try:
-                event = decode(entry.id, entry.fields or {})
-            except MalformedEvent as error:
-                effects.dead_letters.append((entry, str(error)))
-                continue
+        for _, event in decode_entries(entries, effects.dead_letters):
             decision = event.decision
             if decision is None or not in_share(event.transaction.transaction_id, self.share):
                 continue

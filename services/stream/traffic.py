@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, PredictionLog, ProfileStore, hour_floor
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, covered, range_name
-from services.stream.events import SHADOW, MalformedEvent, decode
+from services.stream.events import SHADOW, decode_entries
 from services.stream.runner import Role, main
 
 if TYPE_CHECKING:
@@ -64,12 +64,7 @@ class TrafficRecorder(EntryFileWriter):
 
     async def handle(self, entries: list[Entry]) -> Effects:
         effects = Effects(ack=[])
-        for entry in entries:
-            try:
-                event = decode(entry.id, entry.fields or {})
-            except MalformedEvent as error:
-                effects.dead_letters.append((entry, str(error)))
-                continue
+        for entry, event in decode_entries(entries, effects.dead_letters):
             decision = event.decision
             if decision is None:  # decided elsewhere: nothing to record
                 effects.ack.append(entry)
