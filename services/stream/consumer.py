@@ -199,6 +199,19 @@ class GroupConsumer:
                 )
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            except FenceLost as error:
+                # The lease expired while this process stalled: a pause of the whole machine (a VM snapshot
+                # froze the soak's for ~10 s) or a long collection. If nobody took it meanwhile, nobody wrote
+                # the partition: take it again, reload the state and re-read what is pending. Otherwise stop.
+                if self.fence is None or not await self.fence.renew(reacquire=True):
+                    raise
+                logger.warning("%s: %s; nobody had taken it: taken again, state reloaded", self.group, error)
+                self.stats.errors += 1
+                await self._drop_in_flight()
+                self._pending_from = dict.fromkeys(self.streams, "0")
+                self._claimed = False
+                if self.on_state_lost is not None:
+                    self.on_state_lost()
             except ResponseError as error:
                 if "NOGROUP" not in str(error):
                     raise

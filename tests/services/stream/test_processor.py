@@ -462,3 +462,55 @@ def test_a_lease_expired_during_an_outage_is_taken_again_unless_another_holds_it
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_processor_that_stalled_past_its_lease_takes_it_again_when_nobody_did(
+    stream_settings: StreamSettings,
+) -> None:
+    """The soak found it: a VM snapshot froze the machine for ~10 s, the lease expired, and the processor
+    exited though no other process had taken the partition. It now takes the lease again, reloads its state
+    and re-reads the batch whose commit the expired lease refused: the end state is still the batch's."""
+    from services.stream.processor import PartitionLease, lease_key
+
+    frame = history(2_000, seed=5)
+    publish_frame(stream_settings, frame)
+
+    async def run() -> int:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(stream_settings.redis_url)
+        lease = PartitionLease(client, lease_key(stream_settings.feast_project, 0, 1), b"ours", 0.5)
+        assert await lease.acquire()
+        processor = WindowProcessor(client, WindowState(open_layouts(stream_settings)))
+        batches = 0
+
+        async def stalling(entries: list) -> object:
+            nonlocal batches
+            batches += 1
+            if batches == 2:
+                await asyncio.sleep(1.0)  # the loop stands still: nothing renews the lease, it expires
+            return await processor.handle(entries)
+
+        consumer = GroupConsumer(
+            client,
+            [stream_settings.stream("transactions")],
+            f"{GROUP}-0-of-1",
+            stalling,
+            dead_letter_stream=stream_settings.stream("dead-letter"),
+            batch_size=500,
+            fence=lease,
+            on_state_lost=processor.forget,
+        )
+
+        async def watch() -> None:
+            while not await group_done(client, stream_settings, consumer.group):
+                await asyncio.sleep(0.05)
+            consumer.stop()
+
+        await asyncio.wait_for(asyncio.gather(consumer.run(), watch()), timeout=60)
+        assert await client.get(lease.key) == b"ours"
+        await client.aclose()
+        return consumer.stats.errors
+
+    assert asyncio.run(run()) >= 1  # the refused commit, counted
+    assert_online_equals_batch(stream_settings, frame)
