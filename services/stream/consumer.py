@@ -182,13 +182,9 @@ class GroupConsumer:
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 self.stats.redis_ok = False
                 self.stats.errors += 1
-                await self._drop_in_flight()
                 # Redis may come back without the last second of what we wrote (it restarted from its
                 # append-only file): re-read what is pending and let the handler reload its state.
-                self._pending_from = dict.fromkeys(self.streams, "0")
-                self._claimed = False
-                if self.on_state_lost is not None:
-                    self.on_state_lost()
+                await self._read_again()
                 # A lease that expired during the outage may be taken again: the state is read anew.
                 self._state_reloaded = True
                 logger.warning(
@@ -207,23 +203,25 @@ class GroupConsumer:
                     raise
                 logger.warning("%s: %s; nobody had taken it: taken again, state reloaded", self.group, error)
                 self.stats.errors += 1
-                await self._drop_in_flight()
-                self._pending_from = dict.fromkeys(self.streams, "0")
-                self._claimed = False
-                if self.on_state_lost is not None:
-                    self.on_state_lost()
+                await self._read_again()
             except ResponseError as error:
                 if "NOGROUP" not in str(error):
                     raise
                 # Redis lost the group (restarted without persistence): make it again, from the stream's start.
                 logger.warning("%s: consumer group missing (%s); creating it again", self.group, error)
-                await self._drop_in_flight()
                 groups_ready = False
-                self._pending_from = dict.fromkeys(self.streams, "0")
-                if self.on_state_lost is not None:
-                    self.on_state_lost()
+                await self._read_again()
                 self._state_reloaded = True  # the lease went with the rest of Redis's data
         await self.settle()
+
+    async def _read_again(self) -> None:
+        """After Redis lost or refused our writes: drop the commit in flight, re-read every pending entry (taking
+        over others' again) and let the handler reload its state from Redis."""
+        await self._drop_in_flight()
+        self._pending_from = dict.fromkeys(self.streams, "0")
+        self._claimed = False
+        if self.on_state_lost is not None:
+            self.on_state_lost()
 
     async def _drop_in_flight(self) -> None:
         """After an error: the commit in flight (if any) has failed or will be read again; wait it out quietly."""
