@@ -106,6 +106,7 @@ async def landing_role(settings: StreamSettings, client: Redis, stopping: asynci
         handler=writer.handle,
         flush_due=writer.write_if_due,
         flush=writer.flush,
+        pace_seconds=settings.background_pace_seconds,
     )
 
 

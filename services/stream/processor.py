@@ -538,6 +538,7 @@ async def window_role(settings: StreamSettings, client: Redis, stopping: asyncio
         fence=lease,
         on_state_lost=processor.forget,
         release=lease.release,
+        pace_seconds=settings.processor_pace_seconds,
     )
 
 

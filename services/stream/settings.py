@@ -34,11 +34,17 @@ class StreamSettings(Settings):
         le=1,
         description="Share of decisions (by transaction id) the model that did not decide scores in the shadow.",
     )
-    shadow_pace_seconds: float = Field(
+    processor_pace_seconds: float = Field(
+        0.02,
+        ge=0,
+        description="The window processor reads at most this often unless behind: at a few thousand events a "
+        "second, batches of one event would cost a Lua call each; adds at most this to feature freshness.",
+    )
+    background_pace_seconds: float = Field(
         1.0,
         ge=0,
-        description="The shadow scorer reads at most this often unless behind: fewer, larger batches beside "
-        "the scoring service.",
+        description="The consumers nothing waits on (shadow scorer, traffic log, landing writer) read at most "
+        "this often unless behind: fewer, larger batches beside the scoring service.",
     )
     stream_health_port: int = Field(8081, ge=0, le=65535, description="/livez, /readyz, /metrics; 0 is off.")
     landing_flush_seconds: float = Field(

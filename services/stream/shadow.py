@@ -172,7 +172,7 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
         streams=[settings.stream("transactions")],
         handler=shadow.handle,
         release=release,
-        pace_seconds=settings.shadow_pace_seconds,
+        pace_seconds=settings.background_pace_seconds,
     )
 
 

@@ -163,6 +163,7 @@ async def traffic_role(settings: StreamSettings, client: Redis, stopping: asynci
         handler=recorder.handle,
         flush_due=recorder.write_if_due,
         flush=recorder.flush,
+        pace_seconds=settings.background_pace_seconds,
     )
 
 

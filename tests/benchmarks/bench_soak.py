@@ -7,7 +7,8 @@ starts `bentoml serve`, `services.stream.processor` and `services.stream.traffic
 wrk at a fixed rate: Debian's wrk has no `-R`, so a Lua script paces each thread to its share of the rate (each
 request is given the next slot of a schedule; a late one goes at once, so a slow service shows as latency, not
 as a lower rate). Each request is a new transaction (unique id). One wrk run per window prints its rate,
-latency percentiles and errors; the service's resident memory (server and workers) is sampled throughout.
+latency percentiles and errors; the service's resident memory (server and workers) is sampled throughout, and
+each window ends with the CPU each process used in it and Redis's memory (what a latency creep would come from).
 
 Targets (issue 18): resident memory growth after the first window <= 10 %; p99 of every window within 20 % of
 the first window's; 0 errors; every decision answered 200 in the decision record and the prediction log.
@@ -155,6 +156,18 @@ def tree_rss_mb(pid: int) -> float:
         return 0.0
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process and its children have used so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        times = [p.cpu_times() for p in [root, *root.children(recursive=True)]]
+    except psutil.NoSuchProcess:
+        return 0.0
+    return sum(t.user + t.system for t in times)
+
+
 def child_pid(module: str) -> int:
     """The pid of this process's child running ``python -m <module>``."""
     import psutil
@@ -231,20 +244,30 @@ def main() -> None:
                 f"{windows} windows of {seconds} s at {args.rate:,} req/s, {CONNECTIONS} connections",
                 flush=True,
             )
+            # Redis's CPU too: its memory is the stream filling up to its maximum length, reported apart.
+            cpu_pids = {**pids, "redis": redis_process.pid}
+            client = redis.Redis.from_url(redis_url)
             with MemorySampler(pids) as memory:
                 for index in range(windows):
+                    cpu_before = {name: tree_cpu_seconds(pid) for name, pid in cpu_pids.items()}
                     figures = run_window(url, script, args.rate, seconds, index)
                     figures["rss_mb"] = memory.latest()
+                    figures["cpu_percent"] = {
+                        name: (tree_cpu_seconds(pid) - cpu_before[name]) / seconds * 100
+                        for name, pid in cpu_pids.items()
+                    }
                     results.append(figures)
                     print(
                         f"window {index + 1}: {figures['rps']:,.0f} req/s, p50 {figures['p50_us'] / 1000:.2f} ms, "
                         f"p99 {figures['p99_us'] / 1000:.2f} ms, p99.9 {figures['p999_us'] / 1000:.1f} ms, "
                         f"max {figures['max_us'] / 1000:.0f} ms, errors {figures['socket_errors']} socket + "
                         f"{figures['non_2xx']} non-2xx; RSS MB "
-                        + ", ".join(f"{k} {v:.0f}" for k, v in figures["rss_mb"].items()),
+                        + ", ".join(f"{k} {v:.0f}" for k, v in figures["rss_mb"].items())
+                        + "; CPU % "
+                        + ", ".join(f"{k} {v:.0f}" for k, v in figures["cpu_percent"].items())
+                        + f"; Redis used memory {client.info('memory')['used_memory'] / 2**20:,.0f} MB",
                         flush=True,
                     )
-            client = redis.Redis.from_url(redis_url)
             stream = settings.stream("transactions")
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:  # the traffic log writes what it holds once caught up
