@@ -38,7 +38,7 @@ from services.stream.windows import (
 
 
 def compute_windows_sql(
-    view: WindowedView, events: pd.DataFrame, history: pd.DataFrame | None = None, threads: int | None = None
+    view: WindowedView, events: pd.DataFrame, history: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """``compute_windows(view, events, history)``, evaluated by DuckDB (same rows, same order, same bits)."""
     frame, is_new = with_history(view, events, history)
@@ -54,8 +54,6 @@ def compute_windows_sql(
     for column in {f.column for f in view.features if f.aggregation == "count_distinct" and f.column}:
         columns[f"d_{column}"] = pd.factorize(frame[column])[0].astype(np.int64)
     with duckdb.connect() as connection:
-        if threads is not None:
-            connection.execute(f"SET threads = {int(threads)}")
         connection.register("events", pa.table(columns))
         result = connection.execute(window_query(view)).fetchnumpy()
     rows = result["rn"]

@@ -89,40 +89,47 @@ class ServingModel:
 
     def _row_pool(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> Any:
         """The rows in the model's column order, defaults applied, as a CatBoost ``Pool``."""
-        from catboost import Pool
+        return self._pool(self._rows(columns, n_rows))
 
-        rows = [
+    def _rows(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> list[list[Any]]:
+        """The rows in the model's column order, defaults applied, categories as text."""
+        return [
             [
                 default if (v := columns[name][i]) is None else str(v) if text else v
                 for name, default, text in self._row_layout
             ]
             for i in range(n_rows)
         ]
+
+    def _pool(self, rows: list[list[Any]]) -> Any:
+        from catboost import Pool
+
         return Pool(rows, cat_features=self._categorical_positions, thread_count=1)
 
-    def explain(self, columns: Mapping[str, Sequence[Any]], top: int) -> list[list[dict[str, Any]]]:
-        """Per row, the ``top`` features that moved its score most: name, the value the model received and its
-        signed contribution in log-odds (CatBoost's SHAP values: they and the expected value sum to the raw
-        score)."""
+    def predict_and_explain(
+        self, columns: Mapping[str, Sequence[Any]], top: int
+    ) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
+        """Fraud probability per row, and per row the ``top`` features that moved it most: name, the value the
+        model received and its signed contribution in log-odds (CatBoost's SHAP values: they and the expected
+        value sum to the raw score). One pool of rows serves both."""
         n_rows = len(columns[self.features[0]])
-        pool = self._row_pool(columns, n_rows)
+        rows = self._rows(columns, n_rows)
+        pool = self._pool(rows)
+        probabilities = self.model.predict(pool, prediction_type="Probability", thread_count=1)[:, 1]
         if self._leaf_shap is not None:
             shap = self._leaf_shap.shap_values(pool)
         else:
             shap = self.model.get_feature_importance(data=pool, type="ShapValues", thread_count=1)[:, :-1]
         names = [name for name, _, _ in self._row_layout]
-        inputs = self.model_input(columns)
         order = np.argsort(-np.abs(shap), axis=1, kind="stable")[:, :top]
-        out = []
-        for i in range(n_rows):
-            reasons = []
-            for j in order[i]:
-                value = inputs[names[j]][i]
-                if isinstance(value, float):  # a number (numpy's): NaN means it was missing
-                    value = None if value != value else float(value)
-                reasons.append({"feature": names[j], "value": value, "contribution": float(shap[i, j])})
-            out.append(reasons)
-        return out
+        reasons = [
+            [
+                {"feature": names[j], "value": received(rows[i][j]), "contribution": float(shap[i, j])}
+                for j in order[i]
+            ]
+            for i in range(n_rows)
+        ]
+        return probabilities, reasons
 
     def _predict_features_data(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         from catboost import FeaturesData
@@ -162,6 +169,15 @@ class ServingModel:
         for name in self.categorical:
             out[name] = category_values(columns[name])
         return {name: out[name] for name in self.features}
+
+
+def received(value: Any) -> float | str | None:
+    """A row's value as an answer shows it: categories as text, numbers as floats, a missing number (NaN) as
+    null."""
+    if isinstance(value, str):
+        return value
+    number = float(value)
+    return None if number != number else number
 
 
 def model_store_path(settings: Settings) -> Path:

@@ -198,14 +198,17 @@ class OnlineScoring:
         self.metrics.feature_read_seconds.observe(time.perf_counter() - started)
         columns = features.columns
         deciders = [champion] * len(ids)
-        scores = champion.predict(columns).tolist()
+        scores, reasons = self._predict(champion, columns, explain)
         canary: list[int] = []
         if challenger is not None and self.canary_share > 0:
             canary = [i for i, c in enumerate(rows["customer_id"]) if in_share(c, self.canary_share)]
             if canary:
                 subset = {name: [values[i] for i in canary] for name, values in columns.items()}
-                for i, score in zip(canary, challenger.predict(subset).tolist(), strict=True):
-                    scores[i], deciders[i] = score, challenger
+                canary_scores, canary_reasons = self._predict(challenger, subset, explain)
+                for k, i in enumerate(canary):
+                    scores[i], deciders[i] = canary_scores[k], challenger
+                    if reasons is not None and canary_reasons is not None:
+                        reasons[i] = canary_reasons[k]
         decisions = [m.decide_one(s) for m, s in zip(deciders, scores, strict=True)]
         model_features = frozenset(champion.features)
         missing = [[f for f in row if f in model_features] for row in features.missing]
@@ -227,8 +230,9 @@ class OnlineScoring:
             }
             for i in range(len(ids))
         ]
-        if explain:
-            self._explain(results, columns, deciders, champion, challenger, explain)
+        if reasons is not None:
+            for result, why in zip(results, reasons, strict=True):
+                result["reasons"] = why
         records: list[dict[bytes, bytes]] = []
         if record:
             source = self.publisher.source if self.publisher is not None else "scorer"
@@ -243,23 +247,14 @@ class OnlineScoring:
         return Decided(results, records)
 
     @staticmethod
-    def _explain(
-        results: list[dict[str, Any]],
-        columns: dict[str, list[Any]],
-        deciders: list[ServingModel],
-        champion: ServingModel,
-        challenger: ServingModel | None,
-        top: int,
-    ) -> None:
-        for model in (champion, challenger):
-            if model is None:
-                continue
-            mine = [i for i, d in enumerate(deciders) if d is model]
-            if not mine:
-                continue
-            subset = {name: [values[i] for i in mine] for name, values in columns.items()}
-            for i, reasons in zip(mine, model.explain(subset, top), strict=True):
-                results[i]["reasons"] = reasons
+    def _predict(
+        model: ServingModel, columns: dict[str, list[Any]], explain: int
+    ) -> tuple[list[float], list[list[dict[str, Any]]] | None]:
+        """Scores, and with ``explain`` the reasons behind each (``ServingModel.predict_and_explain``)."""
+        if explain:
+            scores, reasons = model.predict_and_explain(columns, explain)
+            return scores.tolist(), reasons
+        return model.predict(columns).tolist(), None
 
 
 def check_serves(reader: FeatureReader, model: ServingModel) -> None:

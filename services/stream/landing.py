@@ -22,7 +22,7 @@ from model_store.atomic_files import write_atomically
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, covered, range_name
 from services.stream.events import decode_entries, raw_row
-from services.stream.runner import Role, main
+from services.stream.runner import Role, main, run_in_background
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -92,6 +92,7 @@ class LandingWriter(EntryFileWriter):
 
 
 async def landing_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
+    run_in_background()
     writer = LandingWriter(settings.raw_dir / "transactions", settings.landing_flush_seconds)
     logger.info(
         "landing writer: %s to %s every %.0f s",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from services.stream.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
+
+# Niceness of the consumers nothing waits on (shadow scorer, traffic log, landing writer).
+BACKGROUND_NICENESS = 10
 
 
 @dataclass
@@ -107,6 +111,13 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
     finally:
         health.stop()
         await client.aclose()
+
+
+def run_in_background() -> None:
+    """Lower this process's CPU priority: where a consumer nothing waits on shares cores with the scoring service
+    (a laptop, a node), the kernel serves the service first. Its batches come at its pace, once a second, and
+    would otherwise hold a core for tens of milliseconds while requests wait."""
+    os.nice(BACKGROUND_NICENESS)
 
 
 def collect_less_often() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from services.stream.consumer import Effects, Entry
 from services.stream.events import SHADOW, decision_json, decode_entries, encode, transaction_json
 from services.stream.publish import xadd
-from services.stream.runner import Role, main
+from services.stream.runner import Role, main, run_in_background
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GROUP = "shadow"
-SHADOW_NICENESS = 10
 
 
 @dataclass
@@ -146,9 +144,8 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
     from services.scorer.rollout import ModelFollower
     from services.scorer.settings import get_service_settings
 
-    # Background work: where it shares a machine with the scoring service (a laptop, a node), the kernel gives
-    # the service the CPU first, also while a moved alias makes both load the new version.
-    os.nice(SHADOW_NICENESS)
+    # Also while a moved alias makes both the service and this process load the new version.
+    run_in_background()
     shadow = await asyncio.to_thread(open_shadow, settings)
     follower = ModelFollower(shadow, get_service_settings(), scorer_metrics(), explain=False)
     await follower.poll()

@@ -27,7 +27,7 @@ from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, PredictionLog
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, covered, range_name
 from services.stream.events import SHADOW, decode_entries
-from services.stream.runner import Role, main
+from services.stream.runner import Role, main, run_in_background
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -144,6 +144,7 @@ class TrafficRecorder(EntryFileWriter):
 async def traffic_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
     from model_store import libraries
 
+    run_in_background()
     libraries.whylogs.apply_patches()  # imports whylogs: slow, paid at start rather than at the first write
 
     recorder = TrafficRecorder(

@@ -94,6 +94,14 @@ def test_every_serving_path_reads_missing_values_as_training_does() -> None:
     assert list(recorded) == contract.features
     np.testing.assert_array_equal(recorded["amount"], offline["amount"].to_numpy())
     assert recorded["kind"] == offline["kind"].tolist()
+    # The explaining path scores from its own pool of rows and shows each reason's value as the model read it.
+    explained, reasons = served.predict_and_explain(columns, top=3)
+    np.testing.assert_allclose(explained, expected, rtol=0, atol=1e-12)
+    for i, row in enumerate(reasons):
+        for reason in row:
+            value = offline[reason["feature"]].iloc[i]
+            assert reason["value"] == (None if pd.isna(value) else value), (i, reason)
+    assert any(r["value"] is None for row in reasons for r in row if r["feature"] == "amount")
 
 
 def test_importing_the_same_version_twice_reuses_the_stored_model(served_settings: Settings) -> None:
