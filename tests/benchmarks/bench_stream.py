@@ -6,7 +6,9 @@ registry applied in a temporary home:
 
 1. Throughput: a generated history of ``--events`` transactions is published, then one processor process
    (``python -m services.stream.processor``) consumes the backlog; events per second from its first to its
-   last acknowledgement, and its peak resident memory.
+   last acknowledgement, its peak resident memory, and its resident memory at each quarter of the backlog:
+   the history spans 30 days and the widest window 7, so memory that grows with the history after the first
+   quarter is memory the windows do not need.
 2. Recovery: the same history again on empty state; the processor is killed with SIGKILL ``--kills`` times
    while it works and restarted; at the end every customer's and merchant's online values are compared with
    the batch computation (``compute_windows``): mismatches mean an event was lost or counted twice.
@@ -117,11 +119,15 @@ def throughput(env: dict[str, str], settings: Any, frame: Any, home: Path) -> di
     process = start_processor(env, home / "throughput.log")
     first = last = None
     peak = 0.0
+    quarters: list[float] = []
     try:
         while True:
             done = acknowledged(client, stream, "windows-0-of-1")
             now = time.perf_counter()
-            peak = max(peak, rss_mb(process.pid))
+            rss = rss_mb(process.pid)
+            peak = max(peak, rss)
+            while len(quarters) < 4 and done >= len(frame) * (len(quarters) + 1) / 4:
+                quarters.append(rss)
             if done and first is None:
                 first = (now, done)
             if done >= len(frame):
@@ -141,6 +147,7 @@ def throughput(env: dict[str, str], settings: Any, frame: Any, home: Path) -> di
         "events_per_s": rate,
         "publish_per_s": len(frame) / publish_seconds,
         "rss_mb": peak,
+        "rss_quarters_mb": quarters,
     }
 
 
@@ -404,6 +411,11 @@ def main() -> None:
             print(
                 f"throughput: {rate['events_per_s']:,.0f} events/s from one process ({rate['events']:,} events), "
                 f"peak RSS {rate['rss_mb']:.0f} MB; published at {rate['publish_per_s']:,.0f}/s",
+                flush=True,
+            )
+            print(
+                "  RSS after each quarter of the history (days 7.5, 15, 22.5, 30; windows reach 7 days back): "
+                + ", ".join(f"{mb:.0f} MB" for mb in rate["rss_quarters_mb"]),
                 flush=True,
             )
             client = redis.Redis.from_url(url)
