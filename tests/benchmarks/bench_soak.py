@@ -168,6 +168,19 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(t.user + t.system for t in times)
 
 
+def cpu_steal_percent(before: list[int], after: list[int]) -> float:
+    """Share of the machine's CPU time the hypervisor gave to others between two ``/proc/stat`` readings: a VM's
+    neighbours show here, not in our processes' figures."""
+    total = sum(after[:8]) - sum(before[:8])
+    return 100 * (after[7] - before[7]) / total if total else 0.0
+
+
+def cpu_times() -> list[int]:
+    """The machine's ``cpu`` line of ``/proc/stat``: user, nice, system, idle, iowait, irq, softirq, steal."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:9]]
+
+
 def child_pid(module: str) -> int:
     """The pid of this process's child running ``python -m <module>``."""
     import psutil
@@ -250,6 +263,7 @@ def main() -> None:
             with MemorySampler(pids) as memory:
                 for index in range(windows):
                     cpu_before = {name: tree_cpu_seconds(pid) for name, pid in cpu_pids.items()}
+                    machine_before = cpu_times()
                     figures = run_window(url, script, args.rate, seconds, index)
                     figures["rss_mb"] = memory.latest()
                     figures["cpu_percent"] = {
@@ -265,6 +279,7 @@ def main() -> None:
                         + ", ".join(f"{k} {v:.0f}" for k, v in figures["rss_mb"].items())
                         + "; CPU % "
                         + ", ".join(f"{k} {v:.0f}" for k, v in figures["cpu_percent"].items())
+                        + f"; CPU stolen by the hypervisor {cpu_steal_percent(machine_before, cpu_times()):.1f} %"
                         + f"; Redis used memory {client.info('memory')['used_memory'] / 2**20:,.0f} MB",
                         flush=True,
                     )
