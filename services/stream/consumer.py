@@ -124,8 +124,8 @@ class GroupConsumer:
         # Called when a read finds nothing new: a buffering handler writes what is due and returns the entries
         # that may now be acknowledged (otherwise its last rows would wait for the next entry).
         self.on_idle = on_idle
-        # A consumer nothing waits on (the shadow scorer) reads at most this often unless it is behind: fewer,
-        # larger batches cost less per entry and wake the process less often beside the scoring service.
+        # Read at most this often unless behind (the processor every 20 ms, the consumers nothing waits on every
+        # second): fewer, larger batches cost less per entry and wake the process less often beside the service.
         self.pace_seconds = pace_seconds
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
