@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from deploy.local import servers
-from deploy.local.replay import Replay, processor_caught_up, replay
+from deploy.local.replay import Replay, group_caught_up, replay, wait_caught_up
 from deploy.local.rollout_drill import Probes, follow_the_gate
 from deploy.local.steps import Bar, Steps
 from flows.deployments import TRAINING_PIPELINE, WORK_POOL
@@ -268,7 +268,7 @@ def stream_drifted_period(
     slices = [rows for _, rows in tx.groupby(starts, sort=True)]
     per_slice = max(1, size.scored_one_by_one // len(slices))
     client = redis.Redis.from_url(settings.redis_url)
-    caught_up = processor_caught_up(client, settings.stream("transactions"), f"{PROCESSOR_GROUP}-0-of-1")
+    caught_up = group_caught_up(client, settings.stream("transactions"), f"{PROCESSOR_GROUP}-0-of-1")
     replays: list[Replay] = []
     landed = 0
     try:
@@ -322,6 +322,22 @@ def wait_for_landing(settings: Settings, rows: int, timeout: float = 120) -> Non
                 f" {settings.home / 'landing.log'}"
             )
         time.sleep(0.2)
+
+
+def wait_for_background_consumers(settings: Settings) -> None:
+    """Wait until the traffic log and the landing writer have written every decision published so far."""
+    import redis
+
+    from services.stream.landing import GROUP as LANDING_GROUP
+    from services.stream.traffic import GROUP as TRAFFIC_GROUP
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        wait_caught_up(client, settings.stream("transactions"), (TRAFFIC_GROUP, LANDING_GROUP), timeout=90)
+    except TimeoutError as exc:
+        raise SystemExit(f"{exc}: {settings.home / 'traffic.log'}, {settings.home / 'landing.log'}") from exc
+    finally:
+        client.close()
 
 
 def served_vs_fresh(
@@ -736,6 +752,9 @@ def follow_registry(settings: Settings, probes: Probes, served: str, steps: Step
     steps.status("waiting for the service to decide with the gate's champion")
     moves = follow_the_gate(probes, served, settings)
     probes.stop()
+    steps.status("waiting for the traffic log and the landing writer to take the probes' decisions")
+    # They read once a second (paced); stopping them now would leave the last probes to their next start.
+    wait_for_background_consumers(settings)
     steps.status("")
     bound = swap_bound_seconds(get_service_settings())
     for move in moves:

@@ -119,7 +119,7 @@ def replay(
     return out
 
 
-def processor_caught_up(client: Any, stream: str, group: str) -> Callable[[], bool]:
+def group_caught_up(client: Any, stream: str, group: str) -> Callable[[], bool]:
     """Whether ``group`` has read and acknowledged everything in ``stream`` (a redis-py client)."""
 
     def check() -> bool:
@@ -130,3 +130,16 @@ def processor_caught_up(client: Any, stream: str, group: str) -> Callable[[], bo
         return False
 
     return check
+
+
+def wait_caught_up(client: Any, stream: str, groups: Sequence[str], timeout: float = 60) -> None:
+    """Wait until every one of ``groups`` has read and acknowledged everything in ``stream``."""
+    checks = [group_caught_up(client, stream, g) for g in groups]
+    deadline = time.monotonic() + timeout
+    while not all(check() for check in checks):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"consumer groups {', '.join(groups)} did not catch up with {stream} within {timeout:.0f} s:"
+                " see their logs"
+            )
+        time.sleep(0.1)

@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from deploy.local.replay import wait_caught_up
 from deploy.local.servers import stream_process
 from model_store.settings import REPO_ROOT, Settings, clear_settings
 from tests.chaos.load import ScoringLoad
@@ -100,25 +100,13 @@ class Stack:
         assert self.service is not None
         return ScoringLoad(self.service.url, connections, self.customers, self.merchants)
 
-    def group_caught_up(self, group: str) -> bool:
-        """Whether ``group`` has read and acknowledged every entry of the transactions stream."""
+    def wait_caught_up(self, *groups: str, timeout: float = 60) -> None:
+        """Wait until ``groups`` have read and acknowledged every entry of the transactions stream."""
         client = self.client()
         try:
-            stream = self.settings.stream("transactions")
-            last = client.xinfo_stream(stream)["last-generated-id"]
-            for info in client.xinfo_groups(stream):
-                if info["name"].decode() == group:
-                    return info["last-delivered-id"] == last and info["pending"] == 0
-            return False
+            wait_caught_up(client, self.settings.stream("transactions"), groups, timeout)
         finally:
             client.close()
-
-    def wait_caught_up(self, *groups: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(self.group_caught_up(g) for g in groups):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{groups} not caught up with the stream within {timeout:.0f} s")
-            time.sleep(0.1)
 
     def recorded_ids(self) -> set[str]:
         """Transaction ids of every decision in the decision record (the transactions stream)."""
