@@ -4,6 +4,7 @@ entries only once their file exists, and after a crash skips the entries a writt
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -25,18 +26,51 @@ def range_name(entry_ids: Iterable[bytes]) -> str:
     return f"{ordered[0].decode()}_{ordered[-1].decode()}"
 
 
-def covered(names: Iterable[str], entry_id: bytes, prefix: str = "") -> bool:
-    """Whether one of the files named ``<prefix><first>_<last>`` holds the entry.
+class WrittenRanges:
+    """The entry ranges of the files a consumer has written (names ``<prefix><first>_<last>``): which entries a
+    written file already holds.
 
-    Each file holds every entry of its consumer's flush in that range: one consumer per group reads the
-    stream in order, so a flush is a contiguous run of entries.
+    Each file holds every entry of its consumer's flush in that range: one consumer per group reads the stream
+    in order, so a flush is a contiguous run of entries. Checked for every entry read, so the check must not
+    grow with the files: a new entry (newer than every range, all of them while nothing has crashed) is told
+    in one comparison, a redelivered one by bisection.
     """
-    order = entry_order(entry_id)
-    for name in names:
-        first, _, last = name.removeprefix(prefix).partition("_")
-        if last and entry_order(first) <= order <= entry_order(last):
-            return True
-    return False
+
+    def __init__(self, names: Iterable[str] = (), prefix: str = "") -> None:
+        self.prefix = prefix
+        self._firsts: list[tuple[int, int]] = []
+        # The newest last entry of the ranges up to each position (ranges sorted by their first entry).
+        self._reach: list[tuple[int, int]] = []
+        self._lasts: list[tuple[int, int]] = []
+        for name in names:
+            self.add(name)
+
+    def add(self, name: str) -> None:
+        """Record a written file by its name (a name that is not a range is ignored)."""
+        first, _, last = name.removeprefix(self.prefix).partition("_")
+        if not last:
+            return
+        span = entry_order(first), entry_order(last)
+        at = bisect.bisect_right(self._firsts, span[0])
+        self._firsts.insert(at, span[0])
+        self._lasts.insert(at, span[1])
+        # Files are written in entry order, so this recomputes the end only.
+        del self._reach[at:]
+        reach = self._reach[-1] if self._reach else None
+        for last_order in self._lasts[at:]:
+            reach = last_order if reach is None else max(reach, last_order)
+            self._reach.append(reach)
+
+    def holds(self, entry_id: bytes | str) -> bool:
+        """Whether a written file holds the entry."""
+        if not self._reach:
+            return False
+        order = entry_order(entry_id)
+        if order > self._reach[-1]:
+            return False
+        at = bisect.bisect_right(self._firsts, order) - 1
+        # Some range starting at or before the entry reaches it.
+        return at >= 0 and self._reach[at] >= order
 
 
 class EntryFileWriter:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_store.atomic_files import write_atomically
 from services.stream.consumer import Effects, Entry
-from services.stream.entry_files import EntryFileWriter, covered, range_name
+from services.stream.entry_files import EntryFileWriter, WrittenRanges, range_name
 from services.stream.events import decode_entries, raw_row
 from services.stream.runner import Role, main, run_in_background
 
@@ -44,7 +44,7 @@ class LandingWriter(EntryFileWriter):
         self.transactions_dir = Path(transactions_dir)
         self._rows: list[dict[str, Any]] = []
         self._entries: list[Entry] = []
-        self._names: list[str] | None = None
+        self._ranges: WrittenRanges | None = None
 
     @property
     def buffered(self) -> int:
@@ -53,7 +53,7 @@ class LandingWriter(EntryFileWriter):
     async def handle(self, entries: list[Entry]) -> Effects:
         effects = Effects(ack=[])
         for entry, event in decode_entries(entries, effects.dead_letters):
-            if event.source in NOT_LANDED or covered(self._landed(), entry.id, PREFIX):
+            if event.source in NOT_LANDED or self._landed().holds(entry.id):
                 effects.ack.append(entry)
                 continue
             self._rows.append(raw_row(event.transaction))
@@ -78,17 +78,18 @@ class LandingWriter(EntryFileWriter):
         except OSError as error:
             logger.error("landing: %s; %d rows kept for the next attempt", error, len(frame))
             return []
-        self._landed().append(name)
+        self._landed().add(name)
         done, self._entries, self._rows = self._entries, [], []
         self.written_rows += len(frame)
         logger.info("landed %d transactions in %s", len(frame), path)
         return done
 
-    def _landed(self) -> list[str]:
-        if self._names is None:
+    def _landed(self) -> WrittenRanges:
+        if self._ranges is None:
             folder = self.transactions_dir
-            self._names = [p.stem for p in folder.glob(f"{PREFIX}*.parquet")] if folder.is_dir() else []
-        return self._names
+            names = [p.stem for p in folder.glob(f"{PREFIX}*.parquet")] if folder.is_dir() else []
+            self._ranges = WrittenRanges(names, PREFIX)
+        return self._ranges
 
 
 async def landing_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, PredictionLog, ProfileStore, hour_floor
 from services.stream.consumer import Effects, Entry
-from services.stream.entry_files import EntryFileWriter, covered, range_name
+from services.stream.entry_files import EntryFileWriter, WrittenRanges, range_name
 from services.stream.events import SHADOW, decode_entries
 from services.stream.runner import Role, main, run_in_background
 
@@ -53,10 +53,10 @@ class TrafficRecorder(EntryFileWriter):
     def __init__(self, store: ProfileStore, flush_seconds: float, flush_rows: int = 50_000) -> None:
         super().__init__(flush_seconds, flush_rows)
         self.store = store
-        # Keyed by log and hour: each log's files name the entries of its own stream (see ``covered``).
+        # Keyed by log and hour: each log's files name the entries of its own stream (``WrittenRanges``).
         self._hours: dict[tuple[PredictionLog, datetime], _Hour] = {}
         self._buffered = 0
-        self._written: dict[tuple[PredictionLog, datetime], list[str]] = {}
+        self._written: dict[tuple[PredictionLog, datetime], WrittenRanges] = {}
 
     @property
     def buffered(self) -> int:
@@ -71,7 +71,7 @@ class TrafficRecorder(EntryFileWriter):
                 continue
             log: PredictionLog = "shadow" if event.source == SHADOW else "predictions"
             key = (log, hour_floor(event.transaction.timestamp))
-            if covered(self._names(key), entry.id):  # written before a crash, acknowledged after it
+            if self._ranges(key).holds(entry.id):  # written before a crash, acknowledged after it
                 effects.ack.append(entry)
                 continue
             # A shadow score carries the features the decision was made on: the decision's profile has them.
@@ -127,18 +127,18 @@ class TrafficRecorder(EntryFileWriter):
         if log == "predictions":
             profiled = [c for c in frame.columns if c == SCORE_COLUMN or c not in PREDICTION_COLUMNS]
             self.store.write_window(profile_frame(frame[profiled]), hour, name=name)
-        # Written last: its presence is what says this hour's entries are recorded (see ``covered``).
+        # Written last: its presence is what says this hour's entries are recorded (``WrittenRanges``).
         self.store.write_predictions(frame[list(PREDICTION_COLUMNS)], hour, name=name, log=log)
-        self._names(key).append(name)
+        self._ranges(key).add(name)
 
-    def _names(self, key: tuple[PredictionLog, datetime]) -> list[str]:
-        names = self._written.get(key)
-        if names is None:
-            names = self._written[key] = self.store.prediction_files(key[1], log=key[0])
+    def _ranges(self, key: tuple[PredictionLog, datetime]) -> WrittenRanges:
+        ranges = self._written.get(key)
+        if ranges is None:
+            ranges = self._written[key] = WrittenRanges(self.store.prediction_files(key[1], log=key[0]))
             if len(self._written) > 1_000:  # forget hours long past
                 oldest = min(self._written, key=lambda k: k[1])
                 del self._written[oldest]
-        return names
+        return ranges
 
 
 async def traffic_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
