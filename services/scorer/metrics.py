@@ -92,7 +92,7 @@ def scorer_metrics() -> ScorerMetrics:
         ),
         model_swaps=PromCounter(
             "model_swaps",
-            "Registry versions a worker loaded and swapped in, or refused (outcome).",
+            "Registry versions a worker loaded, took back from the ones it kept loaded (retained), or refused (outcome).",
             labelnames=["outcome"],
         ),
         registry_up=Gauge(

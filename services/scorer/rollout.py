@@ -14,6 +14,10 @@ it started with); one that fails is refused loudly (an error log line naming the
 The same version is not tried again until an alias moves. With the registry unreachable, the worker keeps
 what it serves (at start, the bento's baked model) and says so once.
 
+A registry version never changes, so the last ``RETAINED_VERSIONS`` versions swapped out stay loaded (with their
+reason-code tables): a rollback, or a move back to a version served before, swaps at once, without the load,
+the check and the table that take a core for a few seconds while the worker serves.
+
 The bound from an alias move to the first decision by the new version is ``model_poll_seconds`` plus the load
 and check (a second or two; ``LOAD_SECONDS`` allowed): 10 s with the default poll of 5 s (docs/deployment.md,
 Model rollout).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +45,9 @@ logger = logging.getLogger(__name__)
 # Allowed for loading and checking a version (measured: 1-2 s here; a remote registry and artifact store add
 # their download).
 LOAD_SECONDS = 5.0
+# Versions swapped out and kept loaded, the most recent first: the previous champion and challenger (a few MB
+# each: the model and its reason-code table).
+RETAINED_VERSIONS = 2
 
 
 def swap_bound_seconds(settings: ServiceSettings) -> float:
@@ -112,6 +120,7 @@ class ModelFollower:
         self._refused: dict[str, str] = {}
         self._preparing: set[asyncio.Task[None]] = set()
         self._unreachable = False
+        self._retained: OrderedDict[str, ServingModel] = OrderedDict()
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -152,11 +161,12 @@ class ModelFollower:
             if models.challenger is not None and models.challenger.version == champion:
                 loaded = models.challenger  # promoted: loaded and checked already, shadowing
             else:
-                loaded = await self._load(CHAMPION, champion)
+                loaded = await self._take(CHAMPION, champion)
             if loaded is not None:
                 previous = models.champion
                 models = replace(self.scoring.models, champion=loaded, baked=False)
                 self.scoring.swap(models)
+                self._retain(previous)
                 self.metrics.set_model(loaded.name, loaded.version, previous.version)
                 logger.info(
                     "champion %s: v%s -> v%s, swapped without a restart",
@@ -168,16 +178,38 @@ class ModelFollower:
         if challenger is None or challenger == self.scoring.models.champion.version:
             if current is not None:
                 self.scoring.swap(replace(self.scoring.models, challenger=None))
+                self._retain(current)
                 logger.info("no challenger any more: shadow and canary off")
         elif current is None or current.version != challenger:
-            loaded = await self._load(CHALLENGER, challenger)
+            loaded = await self._take(CHALLENGER, challenger)
             if loaded is not None:
                 self.scoring.swap(replace(self.scoring.models, challenger=loaded))
+                if current is not None:
+                    self._retain(current)
                 logger.info(
                     "challenger %s v%s loaded: it decides the canary and is scored in the shadow",
                     loaded.name,
                     loaded.version,
                 )
+
+    def _retain(self, model: ServingModel) -> None:
+        """Keep a version swapped out loaded, unless it still serves (a champion demoted to challenger)."""
+        models = self.scoring.models
+        serving = {models.champion.version, models.challenger.version if models.challenger else None}
+        if model.version in serving:
+            return
+        self._retained[model.version] = model
+        self._retained.move_to_end(model.version, last=False)
+        while len(self._retained) > RETAINED_VERSIONS:
+            self._retained.popitem()
+
+    async def _take(self, alias: str, version: str) -> ServingModel | None:
+        """``version`` from the versions kept loaded, or loaded and checked now (None when refused)."""
+        retained = self._retained.pop(version, None)
+        if retained is not None:
+            self.metrics.model_swaps.labels(outcome="retained").inc()
+            return retained
+        return await self._load(alias, version)
 
     async def _load(self, alias: str, version: str) -> ServingModel | None:
         if self._refused.get(alias) == version:

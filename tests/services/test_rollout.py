@@ -115,6 +115,64 @@ def test_a_promoted_version_decides_without_a_restart_and_rollback_is_followed(
     assert REGISTRY.get_sample_value("model_version_info", {"model_name": MODEL, "model_version": "1"}) == 1.0
 
 
+def test_a_rollback_swaps_back_the_version_kept_loaded_without_loading_it_again(
+    rollout_settings: Settings,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from services.scorer.service import OnlineScorer
+
+    service = OnlineScorer()
+    loads: list[str] = []
+    load = service.follower.load
+
+    def counting_load(settings: Any, version: str) -> Any:
+        loads.append(version)
+        return load(settings, version)
+
+    service.follower.load = counting_load
+    retained_before = REGISTRY.get_sample_value("model_swaps_total", {"outcome": "retained"}) or 0
+    v2 = new_version(rollout_settings, seed=7)
+    requests = requests_for(rollout_settings, 5, "retained")
+
+    async def scenario() -> list[str]:
+        deciding = []
+        for move in (
+            lambda: registry.promote(v2, "rollout test", rollout_settings),
+            lambda: registry.rollback(settings=rollout_settings),
+            lambda: registry.promote(v2, "again", rollout_settings),
+            lambda: registry.rollback(settings=rollout_settings),
+        ):
+            await service.follower.poll()
+            move()
+            await service.follower.poll()
+            deciding.append({r["model_version"] for r in await service.scoring.score(requests)}.pop())
+        await service.close()
+        return deciding
+
+    assert asyncio.run(scenario()) == [v2, "1", v2, "1"]
+    # v2 was loaded once, as the challenger; every later move took back the version swapped out before.
+    assert loads == [v2]
+    retained = REGISTRY.get_sample_value("model_swaps_total", {"outcome": "retained"}) or 0
+    assert retained - retained_before == 3
+
+
+def test_the_versions_kept_loaded_are_the_latest_swapped_out_and_never_one_serving() -> None:
+    from types import SimpleNamespace
+
+    from services.scorer.rollout import RETAINED_VERSIONS, ModelFollower
+    from services.scorer.scoring import Models
+
+    def model(version: str) -> Any:
+        return SimpleNamespace(version=version)
+
+    scoring = SimpleNamespace(models=Models(champion=model("9"), challenger=model("8")))
+    follower = ModelFollower(scoring, SimpleNamespace(model_poll_seconds=1), metrics=None)  # type: ignore[arg-type]
+    for version in ("1", "2", "9", "3", "8"):
+        follower._retain(model(version))
+    assert list(follower._retained) == ["3", "2"][:RETAINED_VERSIONS]
+
+
 def test_a_version_that_fails_its_check_is_refused_and_the_old_one_keeps_serving(
     rollout_settings: Settings,
 ) -> None:
