@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=60, help="seconds of wrk at 32 connections")
     parser.add_argument("--moves", type=int, default=5, help="alias moves during it")
     parser.add_argument("--c1-seconds", type=int, default=20, help="seconds per one-connection run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of each one-connection comparison")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternations of each one-connection comparison"
+    )
     args = parser.parse_args()
     from model_store import libraries
 

@@ -8,7 +8,8 @@ wrk at a fixed rate: Debian's wrk has no `-R`, so a Lua script paces each thread
 request is given the next slot of a schedule; a late one goes at once, so a slow service shows as latency, not
 as a lower rate). Each request is a new transaction (unique id). One wrk run per window prints its rate,
 latency percentiles and errors; the service's resident memory (server and workers) is sampled throughout, and
-each window ends with the CPU each process used in it and Redis's memory (what a latency creep would come from).
+each window ends with the CPU each process used in it, Redis's memory (what a latency creep would come from)
+and the kernel's word when the hypervisor paused the whole VM in it (a snapshot once froze a window for 8 s).
 
 Targets (issue 18): resident memory growth after the first window <= 10 %; p99 of every window within 20 % of
 the first window's; 0 errors; every decision answered 200 in the decision record and the prediction log.
@@ -181,6 +182,31 @@ def cpu_times() -> list[int]:
         return [int(v) for v in stat.readline().split()[1:9]]
 
 
+# Kernel log lines that say the hypervisor snapshotted the VM or reclaimed its memory: the machine stood still.
+VM_EVENTS = ("virtual machine fork", "drop_caches")
+
+
+def uptime_seconds() -> float:
+    with open("/proc/uptime") as uptime:
+        return float(uptime.read().split()[0])
+
+
+def vm_events(since: float, until: float) -> list[str]:
+    """Kernel log lines between two uptimes that name a pause of the whole VM (a snapshot, say): a window holding
+    one measures the machine, not the service. Empty where the kernel log cannot be read."""
+    try:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in log.splitlines():
+        stamp, _, message = line.partition("]")
+        with contextlib.suppress(ValueError):
+            if since <= float(stamp.strip("[ ")) <= until and any(e in message for e in VM_EVENTS):
+                found.append(f"{message.strip()} at uptime {float(stamp.strip('[ ')):.0f} s")
+    return found
+
+
 def child_pid(module: str) -> int:
     """The pid of this process's child running ``python -m <module>``."""
     import psutil
@@ -263,7 +289,7 @@ def main() -> None:
             with MemorySampler(pids) as memory:
                 for index in range(windows):
                     cpu_before = {name: tree_cpu_seconds(pid) for name, pid in cpu_pids.items()}
-                    machine_before = cpu_times()
+                    machine_before, started = cpu_times(), uptime_seconds()
                     figures = run_window(url, script, args.rate, seconds, index)
                     figures["rss_mb"] = memory.latest()
                     figures["cpu_percent"] = {
@@ -280,7 +306,8 @@ def main() -> None:
                         + "; CPU % "
                         + ", ".join(f"{k} {v:.0f}" for k, v in figures["cpu_percent"].items())
                         + f"; CPU stolen by the hypervisor {cpu_steal_percent(machine_before, cpu_times()):.1f} %"
-                        + f"; Redis used memory {client.info('memory')['used_memory'] / 2**20:,.0f} MB",
+                        + f"; Redis used memory {client.info('memory')['used_memory'] / 2**20:,.0f} MB"
+                        + f"; VM events: {'; '.join(vm_events(started, uptime_seconds())) or 'none'}",
                         flush=True,
                     )
             stream = settings.stream("transactions")
