@@ -38,28 +38,38 @@ class WrittenRanges:
 
     def __init__(self, names: Iterable[str] = (), prefix: str = "") -> None:
         self.prefix = prefix
+        # Ranges sorted by their first entry, and the newest last entry of the ranges up to each position.
         self._firsts: list[tuple[int, int]] = []
-        # The newest last entry of the ranges up to each position (ranges sorted by their first entry).
-        self._reach: list[tuple[int, int]] = []
         self._lasts: list[tuple[int, int]] = []
-        for name in names:
-            self.add(name)
+        self._reach: list[tuple[int, int]] = []
+        # Sorted once: a folder lists its files in any order, and ``add`` is cheap only at the end.
+        for first, last in sorted(filter(None, map(self._span, names))):
+            self._append(first, last)
+
+    def _span(self, name: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        first, _, last = name.removeprefix(self.prefix).partition("_")
+        return (entry_order(first), entry_order(last)) if last else None
+
+    def _append(self, first: tuple[int, int], last: tuple[int, int]) -> None:
+        self._firsts.append(first)
+        self._lasts.append(last)
+        self._reach.append(max(self._reach[-1], last) if self._reach else last)
 
     def add(self, name: str) -> None:
         """Record a written file by its name (a name that is not a range is ignored)."""
-        first, _, last = name.removeprefix(self.prefix).partition("_")
-        if not last:
+        span = self._span(name)
+        if span is None:
             return
-        span = entry_order(first), entry_order(last)
-        at = bisect.bisect_right(self._firsts, span[0])
-        self._firsts.insert(at, span[0])
-        self._lasts.insert(at, span[1])
-        # Files are written in entry order, so this recomputes the end only.
+        first, last = span
+        at = bisect.bisect_right(self._firsts, first)
+        if at == len(self._firsts):  # a consumer writes its files in entry order: the usual case
+            self._append(first, last)
+            return
+        self._firsts.insert(at, first)
+        self._lasts.insert(at, last)
         del self._reach[at:]
-        reach = self._reach[-1] if self._reach else None
-        for last_order in self._lasts[at:]:
-            reach = last_order if reach is None else max(reach, last_order)
-            self._reach.append(reach)
+        for later in self._lasts[at:]:
+            self._reach.append(max(self._reach[-1], later) if self._reach else later)
 
     def holds(self, entry_id: bytes | str) -> bool:
         """Whether a written file holds the entry."""

@@ -35,13 +35,15 @@ entry_ids = st.tuples(st.integers(0, 50), st.integers(0, 3)).map(lambda t: f"{t[
     st.lists(entry_ids, min_size=1, max_size=20),
 )
 def test_it_answers_what_scanning_every_file_answers(spans: list[tuple[str, str]], probes: list[str]) -> None:
-    """In any order, overlapping or not: the same answer as checking each file's range in turn."""
+    """Added one by one or listed at once, in any order, overlapping or not: the same answer as checking each
+    file's range in turn."""
     names = [f"{min(a, b, key=entry_order)}_{max(a, b, key=entry_order)}" for a, b in spans]
-    ranges = WrittenRanges()
+    added = WrittenRanges()
     for name in names:
-        ranges.add(name)
+        added.add(name)
+    listed = WrittenRanges(names)  # as read from a folder, in any order
     for probe in probes:
         scanned = any(
             entry_order(n.split("_")[0]) <= entry_order(probe) <= entry_order(n.split("_")[1]) for n in names
         )
-        assert ranges.holds(probe) == scanned, (names, probe)
+        assert added.holds(probe) == listed.holds(probe) == scanned, (names, probe)
