@@ -61,15 +61,12 @@ class WrittenRanges:
         if span is None:
             return
         first, last = span
+        # A consumer writes its files in entry order, so the tail to re-append is usually empty.
         at = bisect.bisect_right(self._firsts, first)
-        if at == len(self._firsts):  # a consumer writes its files in entry order: the usual case
-            self._append(first, last)
-            return
-        self._firsts.insert(at, first)
-        self._lasts.insert(at, last)
-        del self._reach[at:]
-        for later in self._lasts[at:]:
-            self._reach.append(max(self._reach[-1], later) if self._reach else later)
+        tail = list(zip(self._firsts[at:], self._lasts[at:], strict=True))
+        del self._firsts[at:], self._lasts[at:], self._reach[at:]
+        for later_first, later_last in [(first, last), *tail]:
+            self._append(later_first, later_last)
 
     def holds(self, entry_id: bytes | str) -> bool:
         """Whether a written file holds the entry."""

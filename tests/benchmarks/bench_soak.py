@@ -231,6 +231,7 @@ def main() -> None:
     libraries.typeguard.apply_patches()
     import redis
 
+    from deploy.local.replay import wait_caught_up
     from deploy.local.servers import free_port, stream_process
     from model_store.profiles import ProfileStore
     from model_store.settings import clear_settings, get_settings
@@ -311,13 +312,11 @@ def main() -> None:
                         flush=True,
                     )
             stream = settings.stream("transactions")
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:  # the traffic log writes what it holds once caught up
-                groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
-                last = client.xinfo_stream(stream)["last-generated-id"]
-                if all(g["last-delivered-id"] == last and g["pending"] == 0 for g in groups.values()):
-                    break
-                time.sleep(1)
+            groups = [g["name"].decode() for g in client.xinfo_groups(stream)]
+            try:  # the traffic log writes what it holds once caught up
+                wait_caught_up(client, stream, groups, timeout=600)
+            except TimeoutError as error:
+                print(f"  {error}: the counts below fall short", flush=True)
             recorded = client.xlen(stream)
             client.close()
         store = ProfileStore(settings.profile_store, settings.model_name)
