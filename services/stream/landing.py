@@ -109,6 +109,7 @@ async def landing_role(settings: StreamSettings, client: Redis, stopping: asynci
         flush_due=writer.write_if_due,
         flush=writer.flush,
         pace_seconds=settings.background_pace_seconds,
+        batch_size=settings.background_batch_size,
     )
 
 

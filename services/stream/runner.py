@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.stream.consumer import Effects, Entry, Fence, FenceLost, GroupConsumer, Handler
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Niceness of the consumers nothing waits on (shadow scorer, traffic log, landing writer).
 BACKGROUND_NICENESS = 10
+AUTOGROUP = Path("/proc/self/autogroup")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Role:
     release: Callable[[], Awaitable[None]] | None = None
     # Read at most this often unless behind (``GroupConsumer.pace_seconds``).
     pace_seconds: float = 0.0
+    # Entries per read and commit; the stream's batch size (``RTML_STREAM_BATCH_SIZE``) when unset.
+    batch_size: int | None = None
 
 
 RoleFactory = Callable[["StreamSettings", "Redis", asyncio.Event], Awaitable[Role | None]]
@@ -85,7 +89,7 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
             role.group,
             role.handler,
             dead_letter_stream=settings.stream("dead-letter"),
-            batch_size=settings.stream_batch_size,
+            batch_size=role.batch_size or settings.stream_batch_size,
             block_ms=settings.stream_block_ms,
             fence=role.fence,
             on_state_lost=role.on_state_lost,
@@ -118,6 +122,17 @@ def run_in_background() -> None:
     (a laptop, a node), the kernel serves the service first. Its batches come at its pace, once a second, and
     would otherwise hold a core for tens of milliseconds while requests wait."""
     os.nice(BACKGROUND_NICENESS)
+    # Linux's autogroup scheduling (on by default on desktops and on this machine) shares CPU between sessions
+    # first and applies a process's nice only within its session: a consumer that leads its own session (every
+    # launcher here starts it so) had the service's weight, nice or not. Measured: two busy loops in two
+    # sessions on one core split it 50/50 at nice 0 and 10; with the session's nice at 10 as well, 90/10.
+    # Only a session leader sets it, so that a consumer started from a shell never slows the shell's session;
+    # in a container the CPU cgroup decides and the file changes nothing.
+    if os.getsid(0) == os.getpid():
+        try:
+            AUTOGROUP.write_text(str(BACKGROUND_NICENESS))
+        except OSError as error:  # no autogroup in this kernel, or not Linux
+            logger.debug("session nice not set (%s): the process nice applies alone", error)
 
 
 def collect_less_often() -> None:

@@ -170,6 +170,7 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
         handler=shadow.handle,
         release=release,
         pace_seconds=settings.background_pace_seconds,
+        batch_size=settings.background_batch_size,
     )
 
 

@@ -165,6 +165,7 @@ async def traffic_role(settings: StreamSettings, client: Redis, stopping: asynci
         flush_due=recorder.write_if_due,
         flush=recorder.flush,
         pace_seconds=settings.background_pace_seconds,
+        batch_size=settings.background_batch_size,
     )
 
 
