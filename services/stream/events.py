@@ -71,16 +71,16 @@ class TransactionEvent:
 
 def transaction_json(transaction: Transaction) -> bytes:
     """The transaction as ``POST /score`` takes it."""
-    return orjson.dumps(
-        {
-            "transaction_id": transaction.transaction_id,
-            "customer_id": transaction.customer_id,
-            "merchant_id": transaction.merchant_id,
-            "amount": transaction.amount,
-            "timestamp": transaction.timestamp.isoformat(),
-            "channel": transaction.channel,
-        }
-    )
+    # The model's own field dict, in the body's order, and orjson's datetimes (ISO 8601, as ``isoformat``
+    # writes them): half the cost of a new dict and ``isoformat`` per transaction, which every decision pays.
+    return orjson.dumps(vars(transaction), default=_isoformat)
+
+
+def _isoformat(value: Any) -> str:
+    # Datetime subclasses orjson does not write itself (a pandas Timestamp from a published file).
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def decision_json(result: Mapping[str, Any], scored_at: datetime, features: Mapping[str, Any]) -> bytes:
@@ -92,7 +92,7 @@ def decision_json(result: Mapping[str, Any], scored_at: datetime, features: Mapp
             "threshold": result["threshold"],
             "model_name": result["model_name"],
             "model_version": result["model_version"],
-            "scored_at": scored_at.isoformat(),
+            "scored_at": scored_at,
             "features": features,
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
