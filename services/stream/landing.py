@@ -22,7 +22,7 @@ from model_store.atomic_files import write_atomically
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, WrittenRanges, range_name
 from services.stream.events import decode_entries, raw_row
-from services.stream.runner import Role, main, run_in_background
+from services.stream.runner import Role, main
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -93,7 +93,6 @@ class LandingWriter(EntryFileWriter):
 
 
 async def landing_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
-    run_in_background()
     writer = LandingWriter(settings.raw_dir / "transactions", settings.landing_flush_seconds)
     logger.info(
         "landing writer: %s to %s every %.0f s",
@@ -108,10 +107,8 @@ async def landing_role(settings: StreamSettings, client: Redis, stopping: asynci
         handler=writer.handle,
         flush_due=writer.write_if_due,
         flush=writer.flush,
-        pace_seconds=settings.background_pace_seconds,
-        batch_size=settings.background_batch_size,
     )
 
 
 if __name__ == "__main__":
-    main(landing_role)
+    main(landing_role, background=True)

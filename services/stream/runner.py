@@ -49,15 +49,18 @@ class Role:
     release: Callable[[], Awaitable[None]] | None = None
     # Read at most this often unless behind (``GroupConsumer.pace_seconds``).
     pace_seconds: float = 0.0
-    # Entries per read and commit; the stream's batch size (``RTML_STREAM_BATCH_SIZE``) when unset.
-    batch_size: int | None = None
 
 
 RoleFactory = Callable[["StreamSettings", "Redis", asyncio.Event], Awaitable[Role | None]]
 
 
-async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
-    """Build the role (it may wait, for a partition lease, say), consume until stopped, flush, release."""
+async def run(settings: StreamSettings, make_role: RoleFactory, background: bool = False) -> None:
+    """Build the role (it may wait, for a partition lease, say), consume until stopped, flush, release.
+
+    A ``background`` consumer is one nothing waits on (shadow scorer, traffic log, landing writer): it steps back
+    from the scoring service's CPU before the role is built (loading a model, say) and reads and commits the
+    background batch at the background pace (``RTML_BACKGROUND_BATCH_SIZE``, ``RTML_BACKGROUND_PACE_SECONDS``).
+    """
     from redis.asyncio import Redis
 
     from services.stream.health import HealthServer, stream_metrics
@@ -78,6 +81,8 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
     health = HealthServer(settings.stream_health_port, stream_metrics())
     health.start()
     try:
+        if background:
+            run_in_background()
         role = await make_role(settings, client, stopping)
         if role is None:
             return
@@ -89,12 +94,12 @@ async def run(settings: StreamSettings, make_role: RoleFactory) -> None:
             role.group,
             role.handler,
             dead_letter_stream=settings.stream("dead-letter"),
-            batch_size=role.batch_size or settings.stream_batch_size,
+            batch_size=settings.background_batch_size if background else settings.stream_batch_size,
             block_ms=settings.stream_block_ms,
             fence=role.fence,
             on_state_lost=role.on_state_lost,
             on_idle=role.flush_due,
-            pace_seconds=role.pace_seconds,
+            pace_seconds=settings.background_pace_seconds if background else role.pace_seconds,
         )
         health.watch(consumer)
         if stopping.is_set():
@@ -146,14 +151,14 @@ def collect_less_often() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def main(make_role: RoleFactory) -> None:
+def main(make_role: RoleFactory, background: bool = False) -> None:
     """The entry point of a stream process: its settings from the environment, then ``run``."""
     from model_store import libraries
     from services.stream.settings import get_stream_settings
 
     libraries.typeguard.apply_patches()  # before anything imports Feast
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(get_stream_settings(), make_role))
+    asyncio.run(run(get_stream_settings(), make_role, background))
 
 
 __all__ = ["Effects", "Entry", "Handler", "Role", "main", "run"]

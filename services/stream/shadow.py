@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from services.stream.consumer import Effects, Entry
 from services.stream.events import SHADOW, decision_json, decode_entries, encode, transaction_json
 from services.stream.publish import xadd
-from services.stream.runner import Role, main, run_in_background
+from services.stream.runner import Role, main
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -144,8 +144,6 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
     from services.scorer.rollout import ModelFollower
     from services.scorer.settings import get_service_settings
 
-    # Also while a moved alias makes both the service and this process load the new version.
-    run_in_background()
     shadow = await asyncio.to_thread(open_shadow, settings)
     follower = ModelFollower(shadow, get_service_settings(), scorer_metrics(), explain=False)
     await follower.poll()
@@ -169,10 +167,8 @@ async def shadow_role(settings: StreamSettings, client: Redis, stopping: asyncio
         streams=[settings.stream("transactions")],
         handler=shadow.handle,
         release=release,
-        pace_seconds=settings.background_pace_seconds,
-        batch_size=settings.background_batch_size,
     )
 
 
 if __name__ == "__main__":
-    main(shadow_role)
+    main(shadow_role, background=True)

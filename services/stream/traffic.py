@@ -27,7 +27,7 @@ from model_store.profiles import PREDICTION_COLUMNS, SCORE_COLUMN, PredictionLog
 from services.stream.consumer import Effects, Entry
 from services.stream.entry_files import EntryFileWriter, WrittenRanges, range_name
 from services.stream.events import SHADOW, decode_entries
-from services.stream.runner import Role, main, run_in_background
+from services.stream.runner import Role, main
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -144,7 +144,6 @@ class TrafficRecorder(EntryFileWriter):
 async def traffic_role(settings: StreamSettings, client: Redis, stopping: asyncio.Event) -> Role:
     from model_store import libraries
 
-    run_in_background()
     libraries.whylogs.apply_patches()  # imports whylogs: slow, paid at start rather than at the first write
 
     recorder = TrafficRecorder(
@@ -164,10 +163,8 @@ async def traffic_role(settings: StreamSettings, client: Redis, stopping: asynci
         handler=recorder.handle,
         flush_due=recorder.write_if_due,
         flush=recorder.flush,
-        pace_seconds=settings.background_pace_seconds,
-        batch_size=settings.background_batch_size,
     )
 
 
 if __name__ == "__main__":
-    main(traffic_role)
+    main(traffic_role, background=True)

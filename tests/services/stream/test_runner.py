@@ -57,3 +57,32 @@ def test_a_consumer_in_someone_elses_session_leaves_the_session_alone() -> None:
     assert process_nice == LOWERED
     assert session == ours
     assert AUTOGROUP.read_text().strip() == ours
+
+
+# Runs a background stream process whose role reports its nice while it is built (a model load, say).
+BACKGROUND_RUN = """
+import asyncio
+import os
+from services.stream.runner import run
+from services.stream.settings import get_stream_settings
+
+async def make_role(settings, client, stopping):
+    print(os.nice(0))
+    return None
+
+asyncio.run(run(get_stream_settings(), make_role, background={background}))
+"""
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_background_process_steps_back_before_its_role_is_built(background: bool) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BACKGROUND_RUN.format(background=background)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RTML_STREAM_HEALTH_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert int(done.stdout) == (LOWERED if background else os.nice(0))
