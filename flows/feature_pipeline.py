@@ -5,7 +5,7 @@ Only new raw files are processed (a manifest per table keyed by content hash), s
 inputs changes nothing and a run with new data reads just the look-back it needs from earlier data. Labels
 files are ingested after the run's transactions, so a label can name a transaction of the same run; their
 labels reach the merchant risk snapshots of the next run with new transactions (snapshots follow the
-transactions' time, and labels are read through ``read_labels`` as of each snapshot).
+transactions' time, and labels are read through ``iter_labels`` as of each snapshot).
 
 No stage holds the whole history: transactions files are validated and stored a chunk at a time, and the
 windowed features are computed per shard of entities (``flows/feature_store/sharding.py``), each shard a task
@@ -39,7 +39,7 @@ from flows.feature_store.ingestion import (
     record_batch,
     refuse_batch,
 )
-from flows.feature_store.labels import read_labels, validate_labels, write_validated_labels
+from flows.feature_store.labels import LabelReader, validate_labels, write_validated_labels
 from flows.feature_store.offline_store import (
     batch_files,
     max_timestamp,
@@ -274,7 +274,7 @@ class FeatureInputs:
     """What the feature computations of one run read: where its events are, and the known labels."""
 
     events: EventSources
-    labels: pd.DataFrame
+    labels: LabelReader
     snapshots: pd.DatetimeIndex
 
 
@@ -303,7 +303,8 @@ def read_window_definitions(settings: Settings) -> list[WindowedView]:
 def load_feature_inputs(
     settings: Settings, ingested: IngestedBatches, lookback: pd.Timedelta, run_name: str
 ) -> FeatureInputs:
-    """Find the new rows and the look-back they need, and read the labels that had arrived by the data's "now".
+    """Find the new rows and the look-back they need, and the labels that had arrived by the data's "now" (read
+    file by file by merchant risk, so no process holds them all).
 
     Risk snapshots start after the newest one of earlier runs: one written by this run's inputs before a crash
     never reached the online store, so it is made (and materialized) again.
@@ -321,7 +322,7 @@ def load_feature_inputs(
     as_of = max_timestamp(validated)
     return FeatureInputs(
         events=EventSources(new_files, history_files, start - lookback, start),
-        labels=read_labels(settings.validated_dir, columns=["merchant_id"], known_by=as_of, need_ids=False),
+        labels=LabelReader(settings.validated_dir, ("merchant_id",), known_by=as_of, need_ids=False),
         snapshots=risk_snapshots(
             start, as_of, max_timestamp(settings.offline_dir / "merchant_risk", skip_batches={run_name})
         ),

@@ -11,11 +11,12 @@ read (``read_labels``), never when written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow.compute as pc
@@ -148,11 +149,32 @@ def read_labels(
     """One row per labelled validated transaction: ``transaction_id``, ``is_fraud`` (int64), ``label_timestamp``,
     then the transaction's ``columns`` (e.g. ``merchant_id``, ``event_timestamp``), in the transactions' order.
 
+    The labels of ``iter_labels`` in one frame; see there for which label applies.
+    """
+    extra = [c for c in dict.fromkeys(columns) if c not in LABEL_COLUMNS]
+    parts = list(iter_labels(validated_dir, columns, since, known_by, need_ids))
+    if not parts:
+        empty = _empty_labels(extra)
+        return empty if need_ids else empty.drop(columns="transaction_id")
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def iter_labels(
+    validated_dir: Path,
+    columns: Sequence[str] = (),
+    since: pd.Timestamp | datetime | None = None,
+    known_by: pd.Timestamp | datetime | None = None,
+    need_ids: bool = True,
+) -> Iterator[pd.DataFrame]:
+    """The labelled validated transactions one transactions file at a time, so a reader of a long history holds
+    one file's labels (and whatever it keeps of them), never the history's.
+
     A transaction's label is its row in the labels table when it has one (only a label that landed before its
     transaction can meet an inline label too, and it came first), else its inline label. A label whose transaction
     has not landed is left out until it lands; one earlier than its transaction's event (which could not be checked
     when it landed first) is left out with a warning. ``since`` keeps transactions whose ``event_timestamp`` is at
-    or after it; ``known_by`` keeps labels whose ``label_timestamp`` is at or before it.
+    or after it; ``known_by`` keeps labels whose ``label_timestamp`` is at or before it. Without ``need_ids`` (and
+    without a labels table) the frames carry no ``transaction_id``.
     """
     since = None if since is None else as_utc(since)
     known_by = None if known_by is None else as_utc(known_by)
@@ -161,38 +183,66 @@ def read_labels(
     table_dir = transactions_dir(validated_dir)
     available = table_columns(table_dir)
     if not available:
-        return _empty_labels(extra)
+        return
     if missing := [c for c in wanted if c not in available]:
         raise ValueError(
             f"validated transactions in {table_dir} lack column(s) {', '.join(map(repr, missing))}: "
             "run the feature pipeline on raw files of the documented schema"
         )
-    label_table = labels_dir(validated_dir)
-    if not partition_files(label_table):
-        # Inline labels only: unlabelled rows are dropped while reading, and ids are not read when not needed,
-        # so a long history's labels take a fraction of its memory.
+    table = read_partitions(
+        labels_dir(validated_dir), columns=LABEL_COLUMNS, since=since, timestamp_column="label_timestamp"
+    )
+    where = None
+    if table.empty:
+        # Inline labels only: unlabelled rows are dropped while reading, and ids are not read when not needed.
         if not need_ids:
             wanted.remove("transaction_id")
         where = pc.field("is_fraud").is_valid() & pc.field("label_timestamp").is_valid()
         if known_by is not None:
             where &= pc.field("label_timestamp") <= _utc_scalar(known_by)
-        frame = read_partitions(table_dir, columns=wanted, since=since, where=where)
     else:
-        frame = read_partitions(table_dir, columns=wanted, since=since)
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-    frame["label_timestamp"] = pd.to_datetime(frame["label_timestamp"], utc=True)
-    frame["is_fraud"] = frame["is_fraud"].astype("float64")
-    table = read_partitions(
-        labels_dir(validated_dir), columns=LABEL_COLUMNS, since=since, timestamp_column="label_timestamp"
-    )
-    if len(table):
-        frame = _apply_label_table(frame, table, validated_dir)
-    known = frame["is_fraud"].notna() & frame["label_timestamp"].notna()
-    if known_by is not None:
-        known &= frame["label_timestamp"] <= known_by
-    kept = [c for c in [*LABEL_COLUMNS, *extra] if c in frame.columns]
-    labels = frame.loc[known, kept].astype({"is_fraud": "int64"})
-    return labels.reset_index(drop=True)
+        table = table.drop_duplicates("transaction_id", keep="last").reset_index(drop=True)
+        table["label_timestamp"] = pd.to_datetime(table["label_timestamp"], utc=True)
+    table_ids = pd.Index(table["transaction_id"]) if len(table) else None
+    kept = [c for c in [*LABEL_COLUMNS, *extra] if c in wanted]
+    early: list[str] = []
+    for path in partition_files(table_dir, since):
+        frame = pq.read_table(path, columns=wanted, filters=where).to_pandas()
+        frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+        frame["label_timestamp"] = pd.to_datetime(frame["label_timestamp"], utc=True)
+        frame["is_fraud"] = frame["is_fraud"].astype("float64")
+        if table_ids is not None:
+            frame, too_early = _apply_label_table(frame, table, table_ids)
+            early.extend(too_early)
+        known = frame["is_fraud"].notna() & frame["label_timestamp"].notna()
+        if since is not None:
+            known &= frame["event_timestamp"] >= since
+        if known_by is not None:
+            known &= frame["label_timestamp"] <= known_by
+        if known.any():
+            yield frame.loc[known, kept].astype({"is_fraud": "int64"}).reset_index(drop=True)
+    if early:
+        logger.warning(
+            "%d label(s) in %s are earlier than their transaction's event_timestamp (they landed before it, so "
+            "ingestion could not check them) and are ignored: %s",
+            len(early),
+            labels_dir(validated_dir),
+            ", ".join(early[:5]),
+        )
+
+
+@dataclass(frozen=True)
+class LabelReader:
+    """``iter_labels`` with its arguments bound, for a task that reads the labels file by file where it runs (a
+    thread, a Dask worker) instead of receiving them whole."""
+
+    validated_dir: Path
+    columns: tuple[str, ...] = ()
+    known_by: pd.Timestamp | None = None
+    need_ids: bool = True
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        return iter_labels(self.validated_dir, self.columns, known_by=self.known_by, need_ids=self.need_ids)
 
 
 def _utc_scalar(value: pd.Timestamp) -> object:
@@ -202,27 +252,24 @@ def _utc_scalar(value: pd.Timestamp) -> object:
     return pyarrow.scalar(value, pyarrow.timestamp("us", tz="UTC"))
 
 
-def _apply_label_table(frame: pd.DataFrame, table: pd.DataFrame, validated_dir: Path) -> pd.DataFrame:
-    """``frame`` with the labels of the labels table in place of inline ones, for the transactions it holds."""
-    position = pd.Index(frame["transaction_id"]).get_indexer(table["transaction_id"])
-    table = table.loc[position >= 0].reset_index(drop=True)
-    position = position[position >= 0]
-    label_time = pd.to_datetime(table["label_timestamp"], utc=True)
-    early = (label_time < frame["event_timestamp"].iloc[position].reset_index(drop=True)).to_numpy()
-    if early.any():
-        logger.warning(
-            "%d label(s) in %s are earlier than their transaction's event_timestamp (they landed before it, so "
-            "ingestion could not check them) and are ignored: %s",
-            int(early.sum()),
-            labels_dir(validated_dir),
-            ", ".join(table.loc[early, "transaction_id"].head(5)),
-        )
-        table, label_time, position = table.loc[~early], label_time[~early], position[~early]
+def _apply_label_table(
+    frame: pd.DataFrame, table: pd.DataFrame, table_ids: pd.Index
+) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with the labels of the labels table in place of inline ones, and the ids of labels ignored for
+    being earlier than their transaction."""
+    found = table_ids.get_indexer(frame["transaction_id"])
+    rows = np.flatnonzero(found >= 0)
+    if not len(rows):
+        return frame, []
+    label_time = table["label_timestamp"].iloc[found[rows]].reset_index(drop=True)
+    early = (label_time < frame["event_timestamp"].iloc[rows].reset_index(drop=True)).to_numpy()
+    ignored = frame["transaction_id"].iloc[rows[early]].tolist()
+    rows, label_time = rows[~early], label_time[~early]
     fraud = frame["is_fraud"].to_numpy(copy=True)
-    fraud[position] = table["is_fraud"].to_numpy(dtype="float64")
+    fraud[rows] = table["is_fraud"].to_numpy(dtype="float64")[found[rows]]
     times = frame["label_timestamp"].array.copy()
-    times[position] = label_time.array.astype(times.dtype)
-    return frame.assign(is_fraud=fraud, label_timestamp=times)
+    times[rows] = label_time.array.astype(times.dtype)
+    return frame.assign(is_fraud=fraud, label_timestamp=times), ignored
 
 
 def _empty_labels(extra: list[str]) -> pd.DataFrame:

@@ -9,10 +9,12 @@ is the moment its values became known:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
-from services.stream.windows import EventIndex, micros
+from services.stream.windows import micros
 
 RISK_WINDOW = pd.Timedelta("30D")
 # Pseudo-count pulling a merchant with few labels towards the overall fraud rate.
@@ -20,47 +22,78 @@ RISK_PRIOR_WEIGHT = 20.0
 
 
 def compute_merchant_risk(
-    labels: pd.DataFrame, merchant_ids: np.ndarray, snapshots: pd.DatetimeIndex
+    labels: pd.DataFrame | Iterable[pd.DataFrame], merchant_ids: np.ndarray, snapshots: pd.DatetimeIndex
 ) -> pd.DataFrame:
     """Smoothed 30-day fraud rate per merchant at each snapshot, from labels that had arrived by then.
 
-    ``labels`` has ``merchant_id``, ``label_timestamp`` and ``is_fraud``; rows with a null label are ignored.
+    ``labels`` is a frame, or frames read one after another (``iter_labels``), with ``merchant_id``,
+    ``label_timestamp`` and ``is_fraud``; rows with a null label are ignored. Labels are counted per merchant
+    between consecutive window bounds as they are read, so memory grows with merchants times snapshots and never
+    with the labels. Rows come by snapshot, then merchant id.
     """
-    known = labels.dropna(subset=["label_timestamp", "is_fraud"])
     if len(snapshots) == 0 or len(merchant_ids) == 0:
         return _empty_risk()
+    merchants = np.unique(np.asarray(merchant_ids, dtype=np.int64))
+    snap_us = np.unique(np.asarray(snapshots.as_unit("us").asi8, dtype=np.int64))
     window_us = int(RISK_WINDOW / pd.Timedelta("1us"))
-    snap_us = np.asarray(snapshots.as_unit("us").asi8, dtype=np.int64)
-    label_us = micros(known["label_timestamp"]) if len(known) else np.zeros(0, np.int64)
-    merchant_ids = np.asarray(merchant_ids, dtype=np.int64)
-    codes, uniques = pd.factorize(np.concatenate([known["merchant_id"].to_numpy(np.int64), merchant_ids]))
-    index = EventIndex(codes[: len(known)], label_us, len(uniques))
-    frauds = known["is_fraud"].to_numpy(np.float64)
-    cumulative = np.concatenate([[0.0], np.cumsum(frauds[index.order])])
-
-    grid_m = np.repeat(merchant_ids, len(snap_us))
-    grid_codes = np.repeat(codes[len(known) :], len(snap_us))
-    grid_t = np.tile(snap_us, len(merchant_ids))
-    left, right = index.upto(grid_codes, grid_t - window_us), index.upto(grid_codes, grid_t)
-    n = (right - left).astype(np.int64)
-    fraud = cumulative[right] - cumulative[left]
+    # Every window is (snapshot - 30 days, snapshot]: with its two ends among the bounds, a window's count is a
+    # difference of running totals over the bins the bounds cut time into, exact to the microsecond.
+    bounds = np.unique(np.concatenate([snap_us - window_us, snap_us]))
+    totals = _LabelTotals(len(merchants), len(bounds) + 1)
+    for frame in [labels] if isinstance(labels, pd.DataFrame) else labels:
+        known = frame.dropna(subset=["label_timestamp", "is_fraud"])
+        if len(known):
+            totals.add(
+                np.searchsorted(merchants, known["merchant_id"].to_numpy(np.int64)),
+                known["merchant_id"].to_numpy(np.int64),
+                merchants,
+                np.searchsorted(bounds, micros(known["label_timestamp"]), side="left"),
+                known["is_fraud"].to_numpy(np.int64),
+            )
+    lo, hi = np.searchsorted(bounds, snap_us - window_us), np.searchsorted(bounds, snap_us)
+    n_running, fraud_running = np.cumsum(totals.n, axis=1), np.cumsum(totals.fraud, axis=1)
+    n = (n_running[:, hi] - n_running[:, lo]).T.astype(np.int64).ravel()
+    fraud = (fraud_running[:, hi] - fraud_running[:, lo]).T.astype(np.float64).ravel()
     # The prior is the overall rate in the same window, so a merchant without labels reads as average.
-    overall = EventIndex(np.zeros(len(label_us), np.int64), label_us, 1)
-    all_frauds = np.concatenate([[0.0], np.cumsum(frauds[overall.order])])
-    zeros = np.zeros(len(snap_us), np.int64)
-    a_left, a_right = overall.upto(zeros, snap_us - window_us), overall.upto(zeros, snap_us)
-    prior = (all_frauds[a_right] - all_frauds[a_left]) / np.maximum(a_right - a_left, 1)
-    prior = np.tile(prior, len(merchant_ids))
+    all_n, all_fraud = np.cumsum(totals.all_n), np.cumsum(totals.all_fraud)
+    prior = (all_fraud[hi] - all_fraud[lo]).astype(np.float64) / np.maximum(all_n[hi] - all_n[lo], 1)
+    prior = np.repeat(prior, len(merchants))
     rate = (fraud + RISK_PRIOR_WEIGHT * prior) / (n + RISK_PRIOR_WEIGHT)
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "merchant_id": grid_m,
-            "event_timestamp": pd.to_datetime(grid_t, unit="us", utc=True).as_unit("us"),
+            "merchant_id": np.tile(merchants, len(snap_us)),
+            "event_timestamp": pd.to_datetime(
+                np.repeat(snap_us, len(merchants)), unit="us", utc=True
+            ).as_unit("us"),
             "merchant_fraud_rate_30d": np.round(rate, 6),
             "merchant_labeled_txn_30d": n,
         }
     )
-    return frame.sort_values(["event_timestamp", "merchant_id"], kind="stable").reset_index(drop=True)
+
+
+class _LabelTotals:
+    """Labels and frauds per merchant and per bin of label time, and over all merchants per bin."""
+
+    def __init__(self, n_merchants: int, n_bins: int) -> None:
+        # int32 per merchant and bin: a merchant would need two billion labels in one bin to overflow it.
+        self.n = np.zeros((n_merchants, n_bins), np.int32)
+        self.fraud = np.zeros((n_merchants, n_bins), np.int32)
+        self.all_n = np.zeros(n_bins, np.int64)
+        self.all_fraud = np.zeros(n_bins, np.int64)
+
+    def add(
+        self, slot: np.ndarray, ids: np.ndarray, merchants: np.ndarray, bins: np.ndarray, fraud: np.ndarray
+    ) -> None:
+        n_bins = self.n.shape[1]
+        self.all_n += np.bincount(bins, minlength=n_bins)
+        self.all_fraud += np.bincount(bins, weights=fraud, minlength=n_bins).astype(np.int64)
+        # A label of a merchant not in the reference counts towards the prior only.
+        listed = slot < len(merchants)
+        listed[listed] = merchants[slot[listed]] == ids[listed]
+        cells = slot[listed] * n_bins + bins[listed]
+        for counts, chosen in ((self.n, cells), (self.fraud, cells[fraud[listed] == 1])):
+            where, how_many = np.unique(chosen, return_counts=True)
+            counts.reshape(-1)[where] += how_many.astype(np.int32)
 
 
 def risk_snapshots(

@@ -70,3 +70,54 @@ def test_merchant_risk_is_the_same_for_any_merchant_ids() -> None:
     pd.testing.assert_frame_equal(
         actual.sort_values(order)[columns].reset_index(drop=True), expected[columns].reset_index(drop=True)
     )
+
+
+def brute_force_risk(labels: pd.DataFrame, merchants: np.ndarray, snaps: pd.DatetimeIndex) -> pd.DataFrame:
+    """Each merchant's and each snapshot's window (snapshot - 30 days, snapshot] counted label by label."""
+    known = labels.dropna(subset=["label_timestamp", "is_fraud"])
+    rows = []
+    for snap in snaps:
+        inside = known.loc[
+            (known["label_timestamp"] > snap - pd.Timedelta("30D")) & (known["label_timestamp"] <= snap)
+        ]
+        prior = float(inside["is_fraud"].sum()) / max(len(inside), 1)
+        for merchant in sorted(merchants):
+            mine = inside.loc[inside["merchant_id"] == merchant]
+            n = len(mine)
+            rate = (float(mine["is_fraud"].sum()) + 20.0 * prior) / (n + 20.0)
+            rows.append((merchant, snap, round(rate, 6), n))
+    return pd.DataFrame(
+        rows,
+        columns=["merchant_id", "event_timestamp", "merchant_fraud_rate_30d", "merchant_labeled_txn_30d"],
+    )
+
+
+def test_merchant_risk_read_in_chunks_equals_every_window_counted_label_by_label() -> None:
+    """Labels on a window's bounds (30 days before a snapshot, and at it), null labels, merchants missing from
+    the reference and labels after the last snapshot: the rates are the brute force's, read whole or in chunks."""
+    rng = np.random.default_rng(4)
+    snaps = pd.date_range(T0 + pd.Timedelta("31D"), periods=6, freq="D").append(
+        pd.DatetimeIndex([T0 + pd.Timedelta("36D 7h")])
+    )
+    n = 3_000
+    times = T0 + pd.to_timedelta(rng.integers(0, 40 * 86400, n), unit="s")
+    on_bounds = np.concatenate([snaps - pd.Timedelta("30D"), snaps]).repeat(3)
+    labels = pd.DataFrame(
+        {
+            "merchant_id": rng.integers(1, 40, n + len(on_bounds)),
+            "label_timestamp": pd.DatetimeIndex(times).append(pd.DatetimeIndex(on_bounds)),
+            "is_fraud": rng.integers(0, 2, n + len(on_bounds)).astype("float64"),
+        }
+    )
+    labels.loc[rng.choice(len(labels), 50, replace=False), "is_fraud"] = np.nan
+    merchants = np.arange(5, 35)  # merchants 1-4 and 35-39 count only towards the prior
+
+    expected = brute_force_risk(labels, merchants, snaps)
+    whole = compute_merchant_risk(labels, merchants, snaps)
+    chunked = compute_merchant_risk(
+        (labels.iloc[begin : begin + 700] for begin in range(0, len(labels), 700)), merchants[::-1], snaps
+    )
+
+    pd.testing.assert_frame_equal(whole, expected, check_dtype=False, check_exact=True)
+    pd.testing.assert_frame_equal(chunked, whole, check_exact=True)
+    assert expected["merchant_labeled_txn_30d"].min() > 0
