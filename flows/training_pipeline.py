@@ -63,6 +63,7 @@ def build_dataset(settings: Settings, store: Any, params: TrainingParams) -> Tra
             seed=params.seed,
             label_maturity_days=params.label_maturity_days,
             burn_in_days=params.burn_in_days,
+            max_evaluation_rows=params.max_evaluation_rows,
         )
     tracking.log_training_set(data, store, source=str(settings.offline_dir))
     tracking.log_seconds("dataset", started)

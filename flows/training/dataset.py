@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from flows.feature_store.ingestion import hash_file
-from flows.feature_store.labels import labels_dir, read_labels
+from flows.feature_store.labels import iter_labels, labels_dir, read_labels
 from flows.feature_store.offline_store import max_timestamp, partition_files, table_columns
 from model_store.settings import Settings
 
@@ -126,14 +127,20 @@ def read_feature_spec(store: FeatureStore, service_name: str) -> FeatureSpec:
 
 
 def read_labeled_transactions(
-    validated_dir: Path, cutoff: datetime | None = None, label_maturity: pd.Timedelta | None = None
+    validated_dir: Path,
+    cutoff: datetime | None = None,
+    label_maturity: pd.Timedelta | None = None,
+    columns: Sequence[str] | None = None,
+    each: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.Timestamp, list[Path]]:
     """Validated transactions whose label had arrived by ``cutoff`` (default: the newest transaction's time).
 
-    Labels are read with ``read_labels``: inline in the transaction or from the labels table. Fraud is reported
+    Labels are read with ``iter_labels``: inline in the transaction or from the labels table. Fraud is reported
     later than legitimate use (chargebacks take weeks), so the newest transactions are labeled mostly when
     legitimate. ``label_maturity`` leaves out transactions younger than that at the cut-off, trading recent rows
-    for a less skewed fraud rate. Returns the rows, the cut-off, and the files read (transactions, then labels).
+    for a less skewed fraud rate. ``columns`` (default: keys, time, the request fields and the oracle) are read
+    file by file and ``each`` (a sample, say) is applied to each file's rows, so only what it keeps is ever
+    held. Returns the rows in time order, the cut-off, and the files read (transactions, then labels).
     """
     transactions_dir = validated_dir / "transactions"
     files = partition_files(transactions_dir)
@@ -141,18 +148,29 @@ def read_labeled_transactions(
         raise FileNotFoundError(
             f"no validated transactions under {transactions_dir}: run the feature pipeline first"
         )
-    columns = [*ENTITY_COLUMNS, "amount", "channel"]
-    if ORACLE in table_columns(transactions_dir):
-        columns.append(ORACLE)
+    if columns is None:
+        columns = [*ENTITY_COLUMNS, "amount", "channel"]
+        if ORACLE in table_columns(transactions_dir):
+            columns.append(ORACLE)
     cut = pd.Timestamp(cutoff) if cutoff is not None else max_timestamp(transactions_dir)
     if cut.tzinfo is None:
         cut = cut.tz_localize("UTC")
-    labeled = read_labels(validated_dir, columns=columns, known_by=cut)
-    labeled = labeled.loc[labeled[TIMESTAMP] <= cut - (label_maturity or pd.Timedelta(0))]
+    newest = cut - (label_maturity or pd.Timedelta(0))
+    need_ids = "transaction_id" in columns
+    parts, labeled_rows = [], 0
+    for labeled in iter_labels(validated_dir, columns=columns, known_by=cut, need_ids=need_ids):
+        labeled = labeled.loc[labeled[TIMESTAMP] <= newest]
+        labeled_rows += len(labeled)
+        parts.append(each(labeled) if each is not None else labeled)
+    if not parts:
+        empty = read_labels(validated_dir, columns, need_ids=need_ids)
+        parts = [each(empty) if each is not None else empty]
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     rows = sum(pq.read_metadata(f).num_rows for f in files)
-    logger.info("%d of %d transactions have a label by %s", len(labeled), rows, cut)
+    logger.info("%d of %d transactions have a label by %s, %d kept", labeled_rows, rows, cut, len(frame))
+    order = [TIMESTAMP, "transaction_id"] if need_ids else [TIMESTAMP]
     return (
-        labeled.sort_values([TIMESTAMP, "transaction_id"], kind="stable").reset_index(drop=True),
+        frame.sort_values(order, kind="stable").reset_index(drop=True),
         cut,
         files + partition_files(labels_dir(validated_dir)),
     )
@@ -213,13 +231,9 @@ def retrieve_features(
     return frame.sort_values([TIMESTAMP, "transaction_id"], kind="stable").reset_index(drop=True)
 
 
-def split_by_time(
-    frame: pd.DataFrame, validation_fraction: float, test_fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, TimeSplit]:
-    """Train, validation and test by time: the newest ``test_fraction`` of rows is the holdout.
-
-    Boundaries fall on timestamps, so rows sharing a timestamp stay on one side.
-    """
+def time_split(times: pd.Series, validation_fraction: float, test_fraction: float) -> TimeSplit:
+    """Boundaries that put the newest ``test_fraction`` of ``times`` in the holdout and the ``validation_fraction``
+    before it in validation. Boundaries fall on timestamps, so rows sharing a timestamp stay on one side."""
     if (
         not 0 < validation_fraction < 1
         or not 0 < test_fraction < 1
@@ -229,26 +243,43 @@ def split_by_time(
             f"validation_fraction={validation_fraction} and test_fraction={test_fraction} must be in (0, 1) "
             "and leave rows for training"
         )
-    times = frame[TIMESTAMP].sort_values(kind="stable").reset_index(drop=True)
-    n = len(times)
-    validation_start = times.iloc[int(n * (1 - validation_fraction - test_fraction))]
-    test_start = times.iloc[int(n * (1 - test_fraction))]
-    train = frame.loc[frame[TIMESTAMP] < validation_start]
-    validation = frame.loc[(frame[TIMESTAMP] >= validation_start) & (frame[TIMESTAMP] < test_start)]
-    test = frame.loc[frame[TIMESTAMP] >= test_start]
-    for part, rows in (("train", train), ("validation", validation), ("test", test)):
+    index = pd.DatetimeIndex(times)
+    ordered = np.sort(index.asi8)
+    n = len(ordered)
+    picked = ordered[
+        [0, int(n * (1 - validation_fraction - test_fraction)), int(n * (1 - test_fraction)), -1]
+    ]
+    return TimeSplit(*pd.to_datetime(picked, unit=index.unit, utc=True))
+
+
+def split_frame(frame: pd.DataFrame, split: TimeSplit) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train, validation and test rows of ``frame`` by ``split``; rows outside ``[start, end]`` are in none."""
+    times = frame[TIMESTAMP]
+    return (
+        frame.loc[(times >= split.start) & (times < split.validation_start)].reset_index(drop=True),
+        frame.loc[(times >= split.validation_start) & (times < split.test_start)].reset_index(drop=True),
+        frame.loc[(times >= split.test_start) & (times <= split.end)].reset_index(drop=True),
+    )
+
+
+def require_both_classes(parts: Iterable[pd.DataFrame], labeled: int) -> None:
+    """Stop with the split that lacks a class: no model can be fit, early-stopped or evaluated on it."""
+    for part, rows in zip(("train", "validation", "test"), parts, strict=True):
         if rows.empty or rows[LABEL].nunique() < 2:
             raise ValueError(
                 f"the {part} split ({len(rows)} rows) needs both classes: too few labeled transactions "
-                f"({n}) or fractions too small"
+                f"({labeled}) or fractions too small"
             )
-    split = TimeSplit(times.iloc[0], validation_start, test_start, times.iloc[-1])
-    return (
-        train.reset_index(drop=True),
-        validation.reset_index(drop=True),
-        test.reset_index(drop=True),
-        split,
-    )
+
+
+def split_by_time(
+    frame: pd.DataFrame, validation_fraction: float, test_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, TimeSplit]:
+    """Train, validation and test by time: the newest ``test_fraction`` of rows is the holdout."""
+    split = time_split(frame[TIMESTAMP], validation_fraction, test_fraction)
+    train, validation, test = split_frame(frame, split)
+    require_both_classes((train, validation, test), len(frame))
+    return train, validation, test, split
 
 
 def file_digests(files: Iterable[Path], root: Path) -> list[dict[str, Any]]:
@@ -304,9 +335,14 @@ def describe_lineage(
     }
 
 
-def _rng(seed: int, purpose: str) -> np.random.Generator:
-    # A stream per purpose: the run's seed alone would replay the draws of whatever else it seeded.
-    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:4], "big")])
+def hash_share(ids: pd.Series, seed: int, purpose: str) -> np.ndarray:
+    """Each id's place in [0, 1), from a hash of the id keyed by the seed and the purpose.
+
+    Sampling by it keeps the same rows whatever order or file the ids are read in, so a long history is sampled
+    file by file; a purpose of its own keeps one sample's draws from replaying another's.
+    """
+    key = hashlib.sha256(f"{seed}:{purpose}".encode()).hexdigest()[:16]
+    return pd.util.hash_array(np.asarray(ids, dtype=object), hash_key=key, categorize=False) / 2.0**64
 
 
 def downsample_negatives(frame: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
@@ -317,8 +353,10 @@ def downsample_negatives(frame: pd.DataFrame, rate: float, seed: int) -> pd.Data
     """
     if not 0 < rate <= 1:
         raise ValueError(f"negative_sample_rate={rate} must be in (0, 1]")
-    keep = (frame[LABEL].to_numpy() == 1) | (_rng(seed, "negatives").random(len(frame)) < rate)
-    out = frame.loc[keep].reset_index(drop=True) if rate < 1 else frame.reset_index(drop=True)
+    positive = frame[LABEL].to_numpy() == 1
+    if rate < 1:
+        frame = frame.loc[positive | (hash_share(frame["transaction_id"], seed, "negatives") < rate)]
+    out = frame.reset_index(drop=True)
     out[WEIGHT] = np.where(out[LABEL].to_numpy() == 1, 1.0, 1.0 / rate)
     return out
 
@@ -333,8 +371,29 @@ def uniform_sample(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     if rate >= 1:
         return frame
     positives = frame[LABEL].to_numpy() == 1
-    keep = ~positives | (_rng(seed, "positives").random(len(frame)) < rate)
-    return frame.loc[keep]
+    return frame.loc[~positives | (hash_share(frame["transaction_id"], seed, "positives") < rate)]
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """Which labeled rows a training set keeps: the training split's positives and a ``negative_rate`` share of
+    its negatives (weighted), and a uniform share of each evaluation split (unweighted: a uniform sample keeps
+    every metric's expectation)."""
+
+    split: TimeSplit
+    negative_rate: float
+    validation_rate: float
+    test_rate: float
+    seed: int
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        train, validation, test = split_frame(frame, self.split)
+        kept = [downsample_negatives(train, self.negative_rate, self.seed)]
+        for part, rate in ((validation, self.validation_rate), (test, self.test_rate)):
+            if rate < 1:
+                part = part.loc[hash_share(part["transaction_id"], self.seed, "evaluation") < rate]
+            kept.append(part.assign(**{WEIGHT: 1.0}))
+        return pd.concat(kept, ignore_index=True)
 
 
 def build_training_set(
@@ -348,42 +407,47 @@ def build_training_set(
     seed: int = 0,
     label_maturity_days: float = 0.0,
     burn_in_days: float = 0.0,
+    max_evaluation_rows: int | None = None,
 ) -> TrainingSet:
     """Read labeled transactions, split them by time, join their point-in-time features, record lineage.
 
-    Negatives of the training split are down-sampled before the (costly) feature retrieval; validation and the
-    holdout keep every row so their metrics describe real traffic.
+    Two passes over the labeled history, file by file, so no step holds it whole: the first reads only their
+    times, for the split's boundaries; the second keeps the sampled rows (``RowSample``: the training split's
+    negatives at ``negative_sample_rate``, each evaluation split uniformly down to ``max_evaluation_rows``)
+    before the (costly) feature retrieval.
     """
     spec = read_feature_spec(store, feature_service)
-    transactions, cut, files = read_labeled_transactions(
-        settings.validated_dir, cutoff, pd.Timedelta(days=label_maturity_days)
+    maturity = pd.Timedelta(days=label_maturity_days)
+    times, cut, _ = read_labeled_transactions(
+        settings.validated_dir, cutoff, maturity, columns=[TIMESTAMP], each=itemgetter([TIMESTAMP])
     )
-    if transactions.empty:
+    if times.empty:
         raise ValueError(f"no transaction had a label by the cut-off {cut}: nothing to train on")
-    transactions = drop_burn_in(transactions, burn_in_days)
-    train, validation, test, split = split_by_time(transactions, validation_fraction, test_fraction)
-    labeled_train_rows = len(train)
-    train = downsample_negatives(train, negative_sample_rate, seed)
-    rows = pd.concat([train, validation, test], ignore_index=True)
-    rows[WEIGHT] = rows[WEIGHT].fillna(1.0)
+    times = drop_burn_in(times, burn_in_days)
+    split = time_split(times[TIMESTAMP], validation_fraction, test_fraction)
+    labeled = dict(zip(("train", "validation", "test"), map(len, split_frame(times, split)), strict=True))
+    del times
+    rates = {
+        part: min(1.0, max_evaluation_rows / labeled[part]) if max_evaluation_rows and labeled[part] else 1.0
+        for part in ("validation", "test")
+    }
+    sample = RowSample(split, negative_sample_rate, rates["validation"], rates["test"], seed)
+    rows, cut, files = read_labeled_transactions(settings.validated_dir, cut, maturity, each=sample)
+    require_both_classes(split_frame(rows, split), sum(labeled.values()))
     extra = [c for c in (LABEL, ORACLE, WEIGHT) if c in rows.columns]
     features = retrieve_features(store, spec, entity_frame(rows))
     frame = features.merge(rows[["transaction_id", *extra]], on="transaction_id", how="left", validate="1:1")
-    parts = (
-        frame.loc[frame[TIMESTAMP] < split.validation_start],
-        frame.loc[(frame[TIMESTAMP] >= split.validation_start) & (frame[TIMESTAMP] < split.test_start)],
-        frame.loc[frame[TIMESTAMP] >= split.test_start],
-    )
-    train, validation, test = (part.reset_index(drop=True) for part in parts)
+    train, validation, test = split_frame(frame, split)
     lineage = describe_lineage(settings, spec, files, store)
     lineage["training_frame_hash"] = frame_digest(frame[[*spec.features, LABEL, WEIGHT]])
     lineage["cutoff"] = cut.isoformat()
     lineage["negative_sample_rate"] = negative_sample_rate
+    lineage["evaluation_sample_rates"] = rates
     lineage["label_maturity_days"] = label_maturity_days
     lineage["burn_in_days"] = burn_in_days
     lineage["rows"] = {
-        "labeled": len(transactions),
-        "train_before_sampling": labeled_train_rows,
+        "labeled": sum(labeled.values()),
+        **{f"{part}_before_sampling": count for part, count in labeled.items()},
         "train": len(train),
         "validation": len(validation),
         "test": len(test),

@@ -49,6 +49,11 @@ class TrainingParams(BaseModel):
         le=1,
         description="Share of legitimate training rows kept (reweighted so scores stay calibrated).",
     )
+    max_evaluation_rows: int | None = Field(
+        1_000_000,
+        ge=1000,
+        description="Labeled rows each of validation and the holdout keeps at most (a uniform sample beyond it).",
+    )
     max_iterations: int = Field(
         1500, ge=10, description="CatBoost iterations cap; validation early stopping."
     )

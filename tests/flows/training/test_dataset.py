@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from flows.feature_store.labels import write_validated_labels
-from flows.feature_store.offline_store import write_partitions
+from flows.feature_store.offline_store import partition_files, write_partitions
 from flows.training.dataset import (
+    WEIGHT,
+    RowSample,
     build_training_set,
     drop_burn_in,
     entity_frame,
@@ -21,6 +23,8 @@ from flows.training.dataset import (
     read_labeled_transactions,
     retrieve_features,
     split_by_time,
+    split_frame,
+    time_split,
 )
 from model_store.settings import Settings
 
@@ -167,6 +171,75 @@ def test_training_set_matches_an_as_of_join_of_the_offline_store(pipeline_settin
     assert data.lineage["transactions_hash"] and data.lineage["transaction_files"]
     assert data.train["event_timestamp"].max() < data.validation["event_timestamp"].min()
     assert data.validation["event_timestamp"].max() < data.test["event_timestamp"].min()
+
+
+def test_a_sampled_training_set_is_the_full_sets_rows_it_keeps(pipeline_settings: Settings) -> None:
+    """Negatives of train and both evaluation splits sampled while the history is read file by file: the split
+    is the full set's, every positive of train is kept, and each kept row is the full set's row (its features,
+    label and weight)."""
+    store = open_feature_store(pipeline_settings)
+    service = pipeline_settings.feature_service
+    full = build_training_set(pipeline_settings, store, service, None, 0.15, 0.15)
+    cap = len(full.validation) // 3
+    sampled = build_training_set(
+        pipeline_settings, store, service, None, 0.15, 0.15, 0.2, seed=3, max_evaluation_rows=cap
+    )
+
+    assert sampled.split == full.split
+    rows = sampled.lineage["rows"]
+    assert rows["validation_before_sampling"] == len(full.validation)
+    assert rows["test_before_sampling"] == len(full.test)
+    assert sampled.lineage["evaluation_sample_rates"]["validation"] == pytest.approx(1 / 3, rel=0.01)
+    for part in ("validation", "test"):
+        got, expected = len(sampled.parts()[part]), rows[f"{part}_before_sampling"]
+        rate = sampled.lineage["evaluation_sample_rates"][part]
+        assert abs(got - expected * rate) < 4 * np.sqrt(expected * rate * (1 - rate)), part
+    assert sampled.train["is_fraud"].sum() == full.train["is_fraud"].sum()
+    assert set(sampled.train.loc[sampled.train["is_fraud"] == 0, WEIGHT]) == {5.0}
+    for part, frame in sampled.parts().items():
+        reference = full.parts()[part].set_index("transaction_id")
+        mine = frame.set_index("transaction_id")
+        columns = [*sampled.spec.features, "is_fraud"]
+        pd.testing.assert_frame_equal(mine[columns], reference.loc[mine.index, columns], check_dtype=False)
+
+
+def test_the_sample_is_the_same_whatever_files_the_history_is_read_in(tmp_path: Path) -> None:
+    """Rows are kept by a hash of their id, so one file or several in another order keep the same rows."""
+    rng = np.random.default_rng(2)
+    n = 4000
+    times = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(
+        np.sort(rng.integers(0, 20 * 86400, n)), "s"
+    )
+    frame = pd.DataFrame(
+        {
+            "transaction_id": [f"t{i}" for i in range(n)],
+            "customer_id": 1,
+            "merchant_id": 1,
+            "event_timestamp": times.as_unit("us"),
+            "amount": 10.0,
+            "channel": "chip",
+            "is_fraud": (rng.random(n) < 0.05).astype("int64"),
+            "label_timestamp": times.as_unit("us"),
+        }
+    )
+    split = time_split(frame["event_timestamp"], 0.2, 0.2)
+    sample = RowSample(split, negative_rate=0.3, validation_rate=0.5, test_rate=0.25, seed=7)
+    write_partitions(frame, tmp_path / "one" / "transactions", "b1")
+    shuffled = frame.sample(frac=1, random_state=1)
+    for i in range(5):
+        write_partitions(
+            shuffled.iloc[i * n // 5 : (i + 1) * n // 5], tmp_path / "many" / "transactions", f"b{i}"
+        )
+
+    one, _, _ = read_labeled_transactions(tmp_path / "one", each=sample)
+    many, _, files = read_labeled_transactions(tmp_path / "many", each=sample)
+
+    assert len(files) > len(partition_files(tmp_path / "one" / "transactions"))
+    pd.testing.assert_frame_equal(many, one)
+    train, validation, test = split_frame(one, split)
+    assert train["is_fraud"].sum() == split_frame(frame, split)[0]["is_fraud"].sum()
+    assert set(train.loc[train["is_fraud"] == 0, WEIGHT]) == {1 / 0.3}
+    assert len(test) < len(validation) < len(split_frame(frame, split)[1])
 
 
 def test_labels_after_the_cutoff_are_left_out(tmp_path: Path) -> None:
