@@ -134,6 +134,8 @@ def main() -> None:
     n = args.transactions
     project = f"bench_{uuid.uuid4().hex[:8]}"
     os.environ.update({"RTML_HOME": str(home), "RTML_FEAST_PROJECT": project})
+    # bench_training.py --home HOME --project PROJECT trains on what this run leaves (with --home).
+    print(f"home {home}, Feast project {project}")
     if args.raw:
         n = link_raw(args.raw, home / "data" / "raw", n)
     else:
