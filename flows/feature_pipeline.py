@@ -53,6 +53,7 @@ from flows.feature_store.sharding import EventSources, read_shard, scatter_event
 from flows.feature_store.validation import (
     BatchRejectedError,
     ChunkTally,
+    as_lookup,
     check_invalid_share,
     find_id_conflicts,
     validate_batch,
@@ -153,9 +154,10 @@ def ingest_transactions(
     manifest = settings.data_dir / "transactions_manifest.json"
     batches = find_new_batches(settings.raw_dir / "transactions", manifest)
     store = settings.validated_dir / "transactions"
+    # Built once: every chunk of every batch looks its ids up in the same hash tables.
     references = {
-        "customer_id": set(reference.customers["customer_id"]),
-        "merchant_id": set(reference.merchants["merchant_id"]),
+        "customer_id": as_lookup(reference.customers["customer_id"]),
+        "merchant_id": as_lookup(reference.merchants["merchant_id"]),
     }
     ingested = IngestedBatches([], {})
     for batch in batches:

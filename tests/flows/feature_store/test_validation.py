@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow
 import pytest
 
 from flows.feature_store.ingestion import read_raw_chunks, read_raw_ids, read_raw_table
@@ -17,8 +18,10 @@ from flows.feature_store.validation import (
     ChunkTally,
     RowRule,
     ValidationResult,
+    as_lookup,
     check_invalid_share,
     find_id_conflicts,
+    is_listed,
     validate_batch,
     validate_chunks,
     write_quarantine,
@@ -500,3 +503,45 @@ def test_chunked_validation_quarantines_exactly_what_whole_batch_validation_does
     assert chunked.reason_counts == whole.reason_counts
     assert chunked.invalid_fraction == whole.invalid_fraction
     pd.testing.assert_frame_equal(pd.concat(valid, ignore_index=True), whole.valid)
+
+
+def test_ids_read_from_a_parquet_text_column_are_the_ids_validation_sees(tmp_path: Path) -> None:
+    """Text ids straight from Parquet (no pass through pandas), integer ids parsed: both as the chunks read them."""
+    batch = good_transactions(8)
+    batch["transaction_id"] = ["t0", None, "", "t0", "x" * 40, "t5", "t6", "t7"]
+    text = tmp_path / "text.parquet"
+    batch.to_parquet(text)
+    numbers = tmp_path / "numbers.parquet"
+    batch.assign(transaction_id=range(100, 108)).to_parquet(numbers)
+
+    for path in (text, numbers):
+        ids = read_raw_ids(path, transactions_schema, "transaction_id", rows=3)
+        chunks = pd.concat(read_raw_chunks(path, transactions_schema, 3), ignore_index=True)
+        assert ids.type == pyarrow.string()
+        assert ids.to_pylist() == [None if pd.isna(v) else v for v in chunks["transaction_id"]]
+    assert read_raw_ids(numbers, transactions_schema, "transaction_id").to_pylist()[0] == "100"
+
+
+def test_reference_ids_are_looked_up_whatever_collection_holds_them() -> None:
+    values = pd.Series([1, 2, None, 7], dtype="Int64")
+    for ids in ({1, 7}, [7, 1, 1], np.array([1, 7]), pd.Index([1, 7])):
+        assert is_listed(as_lookup(ids), values).tolist() == [True, False, True, True]
+    text = pd.Series(["a", "b", None], dtype=object)
+    assert is_listed(as_lookup({"a"}), text).tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_missing_text_value_in_a_raw_file_is_missing_not_the_text_none(tmp_path: Path, suffix: str) -> None:
+    """Read from a file, a null id or channel is quarantined as null: it once became the text "None", a valid id."""
+    batch = good_transactions()
+    batch.loc[2, "transaction_id"] = None
+    batch.loc[3, "channel"] = None
+    path = tmp_path / f"batch{suffix}"
+    batch.to_parquet(path) if suffix == ".parquet" else batch.to_csv(path, index=False)
+
+    result = validate(read_raw_table(path, transactions_schema))
+
+    assert list(result.quarantined.index) == [2, 3]
+    assert result.quarantined.at[2, REASON_COLUMN] == "transaction_id: not_nullable"
+    assert result.quarantined.at[3, REASON_COLUMN] == "channel: not_nullable"
+    assert "None" not in set(result.valid["transaction_id"])
