@@ -51,7 +51,8 @@ def compute_merchant_risk(
                 known["is_fraud"].to_numpy(np.int64),
             )
     lo, hi = np.searchsorted(bounds, snap_us - window_us), np.searchsorted(bounds, snap_us)
-    n_running, fraud_running = np.cumsum(totals.n, axis=1), np.cumsum(totals.fraud, axis=1)
+    n_running = np.cumsum(totals.n, axis=1, dtype=np.int32)
+    fraud_running = np.cumsum(totals.fraud, axis=1, dtype=np.int32)
     n = (n_running[:, hi] - n_running[:, lo]).T.astype(np.int64).ravel()
     fraud = (fraud_running[:, hi] - fraud_running[:, lo]).T.astype(np.float64).ravel()
     # The prior is the overall rate in the same window, so a merchant without labels reads as average.
