@@ -42,7 +42,8 @@ def latest_per_entity(frame: pd.DataFrame, join_keys: list[str], timestamp_field
 
     Only the keys are reordered, never the whole frame: a run's merchant risk is tens of millions of rows.
     """
-    order = np.argsort(frame[timestamp_field].to_numpy(), kind="stable")
+    # As datetime64, not the Timestamp objects ``to_numpy()`` makes of a tz-aware column (minutes at 45 M rows).
+    order = np.argsort(frame[timestamp_field].to_numpy("datetime64[ns]"), kind="stable")
     newest = ~frame[join_keys].iloc[order].duplicated(keep="last").to_numpy()
     return frame.iloc[order[newest]].reset_index(drop=True)
 

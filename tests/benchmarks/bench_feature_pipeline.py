@@ -150,7 +150,7 @@ def main() -> None:
     from prefect import flow
 
     from flows import feature_pipeline as fp
-    from flows.feature_store.materialize import latest_per_entity, materialize_frames
+    from flows.feature_store.materialize import materialize_frames
     from flows.settings import get_flow_settings
     from model_store.settings import clear_settings
     from tests.conftest import delete_project_keys
@@ -180,19 +180,14 @@ def main() -> None:
             )
         with timed("write offline store (risk, profiles)", n, figures):
             fp.write_offline_store(settings, rows, run_name)
-        store = settings.feature_store()
         frames = rows.all()
-        entities = sum(
-            len(
-                latest_per_entity(
-                    f, [c.name for c in store.get_feature_view(v).entity_columns], "event_timestamp"
-                )
-            )
-            for v, f in frames.items()
-        )
         end = pd.Timestamp.now(tz="UTC").to_pydatetime()
-        with timed("materialize -> Redis (entities)", entities, figures):
-            materialize_frames(store, frames, end=end)
+        started = time.perf_counter()
+        written = materialize_frames(settings.feature_store(), frames, end=end)
+        entities = sum(view.entities_written for view in written)
+        figures.append(
+            ("materialize -> Redis (entities)", entities, time.perf_counter() - started, peak_rss_gib())
+        )
         return frames
 
     workers: dict[str, float] = {}
