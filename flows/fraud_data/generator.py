@@ -40,7 +40,7 @@ import argparse
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,14 +246,26 @@ class Transactions:
         return len(self.time_us)
 
 
-def generate_raw_data(config: GeneratorConfig) -> RawData:
-    """Generate customers, merchants and labelled transactions for ``config`` (see the module docstring)."""
+def generate_raw_data(config: GeneratorConfig, part: int = 0, parts: int = 1) -> RawData:
+    """Generate customers, merchants and labelled transactions for ``config`` (see the module docstring).
+
+    With ``parts`` above 1, only slice ``part`` (from 0) of ``parts`` consecutive, equal slices of the period,
+    with its share of ``n_transactions``: a set too large for one process is generated slice by slice, each
+    holding only its own traffic. Every slice draws the same population from ``config.seed``, so a card's
+    habits and hidden risk are the same in all of them, and its traffic from seeds of its own; transaction ids
+    carry the slice (``s<seed>p<part>-``). Two things do not cross a slice's start: the oracle's velocity terms
+    (a customer's previous transaction in the slice before) and its intercept (solved per slice, on the same
+    process, so within sampling noise of each other).
+    """
     _check_vocabulary()
-    streams = np.random.SeedSequence(config.seed).spawn(5)
-    rng_population, rng_traffic, rng_bursts, rng_labels, rng_drift = (
-        np.random.default_rng(s) for s in streams
-    )
-    population = generate_population(config, rng_population)
+    population_stream, *streams = np.random.SeedSequence(config.seed).spawn(5)
+    id_prefix = f"s{config.seed}-"
+    population = generate_population(config, np.random.default_rng(population_stream))
+    if parts != 1:
+        config = _slice_of_period(config, part, parts)
+        streams = np.random.SeedSequence(config.seed, spawn_key=(5, part)).spawn(4)
+        id_prefix = f"s{config.seed}p{part}-"
+    rng_traffic, rng_bursts, rng_labels, rng_drift = (np.random.default_rng(s) for s in streams)
     n_burst_rows_target = round(config.burst_share * config.n_transactions)
     bursts = generate_fraud_bursts(config, population, rng_bursts, n_burst_rows_target)
     legit = generate_legit_traffic(config, population, rng_traffic, config.n_transactions - len(bursts))
@@ -272,7 +284,26 @@ def generate_raw_data(config: GeneratorConfig) -> RawData:
     return RawData(
         customers=build_customers_frame(population),
         merchants=build_merchants_frame(population),
-        transactions=build_transactions_frame(config, txns, oracle),
+        transactions=build_transactions_frame(config, txns, oracle, id_prefix),
+    )
+
+
+def _slice_of_period(config: GeneratorConfig, part: int, parts: int) -> GeneratorConfig:
+    """The config of slice ``part`` of ``parts``: its days of the period and its share of the transactions."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part must be within [0, parts), got part {part} of {parts}")
+    if config.days % parts or parts > config.n_transactions:
+        raise ValueError(
+            f"parts {parts} must divide days ({config.days}) and be at most n_transactions "
+            f"({config.n_transactions})"
+        )
+    days = config.days // parts
+    n, extra = divmod(config.n_transactions, parts)
+    return replace(
+        config,
+        n_transactions=n + (part < extra),
+        start=config.start + pd.Timedelta(days=days * part),
+        days=days,
     )
 
 
@@ -564,7 +595,9 @@ def build_merchants_frame(population: Population) -> pd.DataFrame:
     )
 
 
-def build_transactions_frame(config: GeneratorConfig, txns: Transactions, oracle: np.ndarray) -> pd.DataFrame:
+def build_transactions_frame(
+    config: GeneratorConfig, txns: Transactions, oracle: np.ndarray, id_prefix: str
+) -> pd.DataFrame:
     """The transactions table of the raw schema, sorted by event time, with labels drawn from the oracle."""
     is_fraud = (txns.label_draw < oracle).astype(np.int64)
     delay_days = np.where(is_fraud == 1, txns.chargeback_days, config.legit_label_delay_days)
@@ -573,7 +606,7 @@ def build_transactions_frame(config: GeneratorConfig, txns: Transactions, oracle
     n = len(order)
     return pd.DataFrame(
         {
-            "transaction_id": np.array([f"s{config.seed}-{i:09d}" for i in range(n)], dtype=object),
+            "transaction_id": np.array([f"{id_prefix}{i:09d}" for i in range(n)], dtype=object),
             "event_timestamp": _timestamps(txns.time_us[order]),
             "customer_id": txns.customer[order].astype(np.int64) + 1,
             "merchant_id": txns.merchant[order].astype(np.int64) + 1,
@@ -705,6 +738,13 @@ def _ensure_account_exists(
             return customers, times
         customers[invalid] = _draw_weighted(rng, population.activity, invalid.size)
     invalid = np.flatnonzero(created[customers] > times)
+    unopened = invalid[created[customers[invalid]] >= t_end]
+    if unopened.size:
+        # Only in a slice of the period: an account that opens after the slice cannot stand in even moved.
+        open_by_end = np.flatnonzero(created < t_end)
+        customers[unopened] = open_by_end[
+            _draw_weighted(rng, population.activity[open_by_end], unopened.size)
+        ]
     opened = created[customers[invalid]]
     times[invalid] = opened + (rng.random(invalid.size) * (t_end - opened)).astype(np.int64)
     return customers, times

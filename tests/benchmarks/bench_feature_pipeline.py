@@ -46,35 +46,27 @@ def timed(label: str, rows: int, figures: list[tuple[str, int, float, float]]):
 def generate_slice(raw_dir: Path, n: int, part: int, parts: int, seed: int) -> None:
     """One slice of the period (``part`` of ``parts``), written as its own raw transactions file.
 
-    Every slice draws the same number of customers and merchants, so ids refer to the reference tables the
-    first slice writes; each has a seed of its own, so transaction ids never collide.
+    Every slice draws the same customers and merchants (the generator's slices share the population), so they
+    write the same reference tables and a card's habits and hidden risk carry from one slice to the next.
     """
-    from flows.fraud_data.generator import GeneratorConfig, RawData, generate_raw_data, write_raw_data
+    from flows.fraud_data.generator import GeneratorConfig, generate_raw_data, write_raw_data
 
     end = pd.Timestamp.now(tz="UTC").floor("D")
-    days = DAYS / parts
     config = GeneratorConfig(
-        n_transactions=n // parts + (1 if part < n % parts else 0),
+        n_transactions=n,
         n_customers=max(n // 20, 100),
         n_merchants=max(n // 200, 20),
-        start=end - pd.Timedelta(days=DAYS) + pd.Timedelta(days=days * part),
-        days=max(round(days), 1),
-        seed=seed + part,
+        start=end - pd.Timedelta(days=DAYS),
+        days=DAYS,
+        seed=seed,
     )
-    data = generate_raw_data(config)
-    if part:
-        # Only the first slice's reference tables are written; the others' ids fall in the same ranges.
-        shutil.copy(raw_dir / "customers.parquet", raw_dir / "customers.parquet.keep")
-        shutil.copy(raw_dir / "merchants.parquet", raw_dir / "merchants.parquet.keep")
-    write_raw_data(RawData(data.customers, data.merchants, data.transactions), raw_dir, f"batch_{part:03d}")
-    if part:
-        for name in ("customers", "merchants"):
-            (raw_dir / f"{name}.parquet.keep").replace(raw_dir / f"{name}.parquet")
+    write_raw_data(generate_raw_data(config, part, parts), raw_dir, f"batch_{part:03d}")
 
 
 def generate(home: Path, n: int, slice_rows: int) -> None:
     """Generate ``n`` transactions in slices, each in a process of its own."""
-    parts = max(1, -(-n // slice_rows))
+    needed = max(1, -(-n // slice_rows))
+    parts = next((p for p in range(needed, DAYS + 1) if DAYS % p == 0), needed)  # whole days per slice
     started = time.perf_counter()
     for part in range(parts):
         slice_args = [str(n), str(part), str(parts), "42"]
