@@ -68,20 +68,20 @@ def parse_columns(df: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[pd.Data
 def parse_series(values: pd.Series, dtype: object) -> tuple[pd.Series, pd.Series]:
     """Convert one column to ``dtype`` (timestamps to UTC); returns (converted, mask of values that did not parse)."""
     present = values.notna()
-    if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(dtype):
-        converted = parse_timestamps(values, dtype)
-    elif pd.api.types.is_integer_dtype(dtype):
-        converted = parse_integers(values)
-    elif pd.api.types.is_float_dtype(dtype):
-        converted = pd.to_numeric(values, errors="coerce").astype("float64")
-    else:
-        # Strings: any present value is kept as its text; nulls become None so pandera sees them as missing.
+    if _is_text(dtype):
+        # Any present value is kept as its text; nulls become None so pandera sees them as missing.
         converted = values.astype(object)
         if not present.all():
             converted = converted.where(present, None)
         # Text read as text (all of a Parquet string column) needs no per-value pass: 1 s per million rows.
         if pd.api.types.infer_dtype(converted, skipna=True) not in ("string", "empty"):
             converted = converted.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    elif pd.api.types.is_integer_dtype(dtype):
+        converted = parse_integers(values)
+    elif pd.api.types.is_float_dtype(dtype):
+        converted = pd.to_numeric(values, errors="coerce").astype("float64")
+    else:
+        converted = parse_timestamps(values, dtype)
     return converted, present & converted.isna()
 
 
@@ -184,7 +184,7 @@ def read_raw_ids(
 
 
 def _is_text(dtype: object) -> bool:
-    """Whether ``parse_series`` keeps a column's values as text (its last branch)."""
+    """Whether ``parse_series`` keeps a column's values as text: any type but a timestamp or a number."""
     return not (
         isinstance(dtype, pd.DatetimeTZDtype)
         or pd.api.types.is_datetime64_dtype(dtype)

@@ -268,13 +268,23 @@ def time_split(times: pd.Series, validation_fraction: float, test_fraction: floa
             f"validation_fraction={validation_fraction} and test_fraction={test_fraction} must be in (0, 1) "
             "and leave rows for training"
         )
+    return split_sizes(times, validation_fraction, test_fraction)[0]
+
+
+def split_sizes(
+    times: pd.Series, validation_fraction: float, test_fraction: float
+) -> tuple[TimeSplit, dict[str, int]]:
+    """``time_split`` and how many of ``times`` each part holds (``split_frame``'s lengths), from one sort: a
+    history's times go through it whole, and ``split_frame`` would copy them once per part."""
     index = pd.DatetimeIndex(times)
     ordered = np.sort(index.asi8)
     n = len(ordered)
-    picked = ordered[
-        [0, int(n * (1 - validation_fraction - test_fraction)), int(n * (1 - test_fraction)), -1]
-    ]
-    return TimeSplit(*pd.to_datetime(picked, unit=index.unit, utc=True))
+    positions = [0, int(n * (1 - validation_fraction - test_fraction)), int(n * (1 - test_fraction)), n - 1]
+    picked = ordered[positions]
+    # A boundary's first row: rows sharing its timestamp all fall on its side.
+    _, validation_at, test_at, _ = np.searchsorted(ordered, picked, side="left")
+    sizes = {"train": int(validation_at), "validation": int(test_at - validation_at), "test": int(n - test_at)}
+    return TimeSplit(*pd.to_datetime(picked, unit=index.unit, utc=True)), sizes
 
 
 def split_frame(frame: pd.DataFrame, split: TimeSplit) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -449,8 +459,7 @@ def build_training_set(
     if times.empty:
         raise ValueError(f"no transaction had a label by the cut-off {cut}: nothing to train on")
     times = drop_burn_in(times, burn_in_days)
-    split = time_split(times[TIMESTAMP], validation_fraction, test_fraction)
-    labeled = dict(zip(("train", "validation", "test"), map(len, split_frame(times, split)), strict=True))
+    split, labeled = split_sizes(times[TIMESTAMP], validation_fraction, test_fraction)
     del times
     rates = {
         part: min(1.0, max_evaluation_rows / labeled[part]) if max_evaluation_rows and labeled[part] else 1.0

@@ -24,6 +24,7 @@ from flows.training.dataset import (
     retrieve_features,
     split_by_time,
     split_frame,
+    split_sizes,
     time_split,
 )
 from model_store.settings import Settings
@@ -336,6 +337,17 @@ def test_split_is_by_time_and_refuses_a_split_without_both_classes() -> None:
     frame["is_fraud"] = 0
     with pytest.raises(ValueError, match="needs both classes"):
         split_by_time(frame, 0.2, 0.1)
+
+
+def test_split_sizes_count_what_split_frame_keeps_with_ties_on_the_boundaries() -> None:
+    # Ten rows per timestamp: every boundary falls inside a tie, whose rows must all count on one side.
+    times = pd.Series(np.repeat(pd.date_range("2026-01-01", periods=37, freq="min", tz="UTC"), 10))
+    frame = pd.DataFrame({"event_timestamp": times.sample(frac=1, random_state=3).to_numpy()})
+    split, sizes = split_sizes(frame["event_timestamp"], 0.15, 0.2)
+    assert split == time_split(frame["event_timestamp"], 0.15, 0.2)
+    parts = dict(zip(("train", "validation", "test"), map(len, split_frame(frame, split)), strict=True))
+    assert sizes == parts
+    assert sum(sizes.values()) == len(frame) and all(size % 10 == 0 for size in sizes.values())
 
 
 def test_an_unknown_feature_service_says_what_to_do(pipeline_settings: Settings) -> None:
