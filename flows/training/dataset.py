@@ -283,7 +283,11 @@ def split_sizes(
     picked = ordered[positions]
     # A boundary's first row: rows sharing its timestamp all fall on its side.
     _, validation_at, test_at, _ = np.searchsorted(ordered, picked, side="left")
-    sizes = {"train": int(validation_at), "validation": int(test_at - validation_at), "test": int(n - test_at)}
+    sizes = {
+        "train": int(validation_at),
+        "validation": int(test_at - validation_at),
+        "test": int(n - test_at),
+    }
     return TimeSplit(*pd.to_datetime(picked, unit=index.unit, utc=True)), sizes
 
 
