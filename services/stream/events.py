@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from services.scorer.transaction import Transaction
 
@@ -39,6 +39,9 @@ SHADOW = "shadow"
 SOURCES = ("scorer", "stream-scorer", "upstream", "backfill", SHADOW)
 # Where a transaction came from, when it was already decided elsewhere (no decision in the event).
 UNDECIDED_SOURCES = frozenset({"upstream", "backfill"})
+
+
+_TRANSACTION_LIST = TypeAdapter(list[Transaction])
 
 
 class MalformedEvent(ValueError):
@@ -109,21 +112,27 @@ def encode(transaction: bytes, source: str, decision: bytes | None = None) -> di
     return fields
 
 
-def decode(entry_id: bytes, fields: Mapping[bytes, bytes]) -> TransactionEvent:
-    """A stream entry as an event; raises ``MalformedEvent`` naming what is wrong (never anything else)."""
+def decode(
+    entry_id: bytes, fields: Mapping[bytes, bytes], transaction: Transaction | None = None
+) -> TransactionEvent:
+    """A stream entry as an event; raises ``MalformedEvent`` naming what is wrong (never anything else).
+
+    ``transaction``: the entry's transaction field, validated already (``decode_entries`` does a batch at once).
+    """
     schema = fields.get(b"schema")
     if schema != SCHEMA.encode():
         raise MalformedEvent(f"schema: {_text(schema)!r} is not {SCHEMA!r}")
     source = _text(fields.get(b"source"))
     if source not in SOURCES:
         raise MalformedEvent(f"source: {source!r} is not one of {', '.join(SOURCES)}")
-    raw = fields.get(b"transaction")
-    if raw is None:
-        raise MalformedEvent("transaction: field missing")
-    try:
-        transaction = Transaction.model_validate_json(raw)
-    except ValidationError as error:
-        raise MalformedEvent(f"transaction: {_problems(error)}") from None
+    if transaction is None:
+        raw = fields.get(b"transaction")
+        if raw is None:
+            raise MalformedEvent("transaction: field missing")
+        try:
+            transaction = Transaction.model_validate_json(raw)
+        except ValidationError as error:
+            raise MalformedEvent(f"transaction: {_problems(error)}") from None
     decision = None
     if (raw_decision := fields.get(b"decision")) is not None:
         try:
@@ -137,13 +146,29 @@ def decode_entries(
     entries: Iterable[Entry], dead_letters: list[tuple[Entry, str]]
 ) -> Iterator[tuple[Entry, TransactionEvent]]:
     """Each entry with its event; a malformed entry goes to ``dead_letters`` with its reason instead."""
-    for entry in entries:
+    entries = list(entries)
+    transactions = _transactions_at_once(entries) or [None] * len(entries)
+    for entry, transaction in zip(entries, transactions, strict=True):
         try:
-            event = decode(entry.id, entry.fields or {})
+            event = decode(entry.id, entry.fields or {}, transaction)
         except MalformedEvent as error:
             dead_letters.append((entry, str(error)))
             continue
         yield entry, event
+
+
+def _transactions_at_once(entries: list[Entry]) -> list[Transaction] | None:
+    """Every entry's transaction, validated as one JSON array: a third less than a call per entry, on every
+    consumer's every entry. None when any is missing or invalid: each is then validated alone, for its reason."""
+    raws = [(entry.fields or {}).get(b"transaction") for entry in entries]
+    if not raws or None in raws:
+        return None
+    try:
+        transactions = _TRANSACTION_LIST.validate_json(b"[" + b",".join(raws) + b"]")  # type: ignore[arg-type]
+    except (ValidationError, TypeError):  # TypeError: a field that is not bytes
+        return None
+    # A field holding two values ("{...},{...}") would shift the others by one; an empty one breaks the array.
+    return transactions if len(transactions) == len(raws) else None
 
 
 def _problems(error: ValidationError) -> str:
