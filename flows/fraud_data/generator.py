@@ -745,6 +745,8 @@ def _ensure_account_exists(
         customers[unopened] = open_by_end[
             _draw_weighted(rng, population.activity[open_by_end], unopened.size)
         ]
+        invalid = np.flatnonzero(created[customers] > times)
+    # Each is moved to after its account opens, which is after its time and before the period's end.
     opened = created[customers[invalid]]
     times[invalid] = opened + (rng.random(invalid.size) * (t_end - opened)).astype(np.int64)
     return customers, times

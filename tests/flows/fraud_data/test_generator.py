@@ -337,7 +337,7 @@ def test_a_slice_draws_no_customer_whose_account_opens_after_it(config: Generato
     early = generate_raw_data(replace(config, new_account_share=0.9), 0, 3)
     tx = early.transactions.merge(early.customers, on="customer_id")
     assert (tx["event_timestamp"] >= tx["account_created_at"]).all()
-    assert tx["event_timestamp"].lt(config.start + pd.Timedelta(days=30)).all()
+    assert tx["event_timestamp"].between(config.start, config.start + pd.Timedelta(days=30), "left").all()
 
 
 def test_slices_reject_a_part_outside_or_a_period_they_do_not_divide(config: GeneratorConfig) -> None:
