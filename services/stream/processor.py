@@ -127,6 +127,7 @@ class OnlineLayout:
     fields: tuple[bytes, ...]
     ts_field: bytes
     encoders: tuple[Callable[[Any], bytes], ...]
+    stamp: Callable[[int], bytes]
     key_ttl_seconds: int | None
 
     @classmethod
@@ -146,6 +147,7 @@ class OnlineLayout:
             encoders=tuple(
                 values.int64 if types[f.name] == "INT64" else values.double for f in view.features
             ),
+            stamp=values.timestamp,
             key_ttl_seconds=getattr(config.online_store, "key_ttl_seconds", None),
         )
 
@@ -156,7 +158,7 @@ class OnlineLayout:
 
     def hash_values(self, values: Sequence[Any], stamp_us: int) -> list[bytes]:
         """The bytes Feast's writer leaves in ``hash_fields`` for the view's values (in its features' order)."""
-        out = [libraries.feast.timestamp_bytes_of(stamp_us)]
+        out = [self.stamp(stamp_us)]
         out += [encode(value) for encode, value in zip(self.encoders, values, strict=True)]
         return out
 
@@ -181,8 +183,8 @@ class _Entity:
     touched: int = 0
 
 
-# (event id, its time in microseconds, its row, index of the view, the entity's key in that view, backfill?)
-Target = tuple[str, int, dict[str, Any], int, Any, bool]
+# (event id, its time in microseconds, its row, (index of the view, the entity's key in that view), backfill?)
+Target = tuple[str, int, dict[str, Any], tuple[int, Any], bool]
 BACKFILL = "backfill"
 
 
@@ -217,6 +219,8 @@ class WindowState:
         self._other_columns = sorted(
             {c for layout in self.layouts for c in layout.view.columns} - set(self._unit_columns)
         )
+        # Per view, the columns a member of its state holds after the event id.
+        self._columns = [layout.view.columns for layout in self.layouts]
         ttls = {layout.key_ttl_seconds or 0 for layout in self.layouts}
         if len(ttls) > 1:
             raise ValueError(f"windowed views of one online store have different key TTLs: {sorted(ttls)}")
@@ -226,8 +230,8 @@ class WindowState:
             self._header += (len(layout.hash_fields), *layout.hash_fields)
 
     def mine(self, events: Iterable[TransactionEvent]) -> list[Target]:
-        """(event id, time, row, view index, entity key) for each view of each event whose entity is this
-        partition's; the row holds every column the views aggregate, summed ones in integer units."""
+        """(event id, time, row, (view index, entity key), backfill) for each view of each event whose entity is
+        this partition's; the row holds every column the views aggregate, summed ones in integer units."""
         out: list[Target] = []
         unit_columns, other_columns = self._unit_columns, self._other_columns
         for event in events:
@@ -244,18 +248,20 @@ class WindowState:
                     self.partitions == 1
                     or partition_of(layout.view.name, key, self.partitions) == self.partition
                 ):
-                    out.append((transaction.transaction_id, time_us, row, index, key, backfill))
+                    out.append((transaction.transaction_id, time_us, row, (index, key), backfill))
         return out
 
     def missing(self, targets: Iterable[Target]) -> list[StateRef]:
         """Entities of the batch whose state is not in memory: load them (``load``) before ``apply``."""
         refs: dict[tuple[int, Any], StateRef] = {}
-        for _, _, _, index, key, _ in targets:
-            if (index, key) not in self.cache and (index, key) not in refs:
+        cache = self.cache
+        for _, _, _, entity_key, _ in targets:
+            if entity_key not in cache and entity_key not in refs:
+                index, key = entity_key
                 layout = self.layouts[index]
                 redis_key = layout.redis_key(key)
                 state_key = STATE_PREFIX + layout.view.name.encode() + b":" + redis_key
-                refs[(index, key)] = StateRef(index, key, redis_key, state_key)
+                refs[entity_key] = StateRef(index, key, redis_key, state_key)
         return list(refs.values())
 
     def load(self, ref: StateRef, members: Sequence[tuple[bytes, float]]) -> None:
@@ -272,23 +278,24 @@ class WindowState:
         """Count each event into its entities' windows; returns one state-and-online write per entity touched."""
         added: dict[tuple[int, Any], tuple[_Entity, list[Any]]] = {}
         online: set[tuple[int, Any]] = set()
-        cache = self.cache
-        self.generation += 1
-        for event_id, time_us, row, index, key, backfill in targets:
-            entity = cache.get((index, key))
+        cache, columns_of = self.cache, self._columns
+        generation = self.generation = self.generation + 1
+        for event_id, time_us, row, entity_key, backfill in targets:
+            entity = cache.get(entity_key)
             if entity is None:
+                index, key = entity_key
                 raise KeyError(
                     f"state of {self.layouts[index].view.name} {key!r} was not loaded before apply"
                 )
             if entity.windows.add(event_id, time_us, row):
-                member = orjson.dumps([event_id, *(row[c] for c in entity.layout.view.columns)])
-                touched = added.get((index, key))
+                member = orjson.dumps([event_id, *[row[c] for c in columns_of[entity_key[0]]]])
+                touched = added.get(entity_key)
                 if touched is None:
-                    touched = added[(index, key)] = (entity, [])
-                    entity.touched = self.generation
+                    touched = added[entity_key] = (entity, [])
+                    entity.touched = generation
                 touched[1].extend((time_us, member))
                 if not backfill:
-                    online.add((index, key))
+                    online.add(entity_key)
         if not added:
             return []
         keys: list[bytes] = []

@@ -429,7 +429,8 @@ class EntityWindows:
                 self._enter(counted, row)
         else:
             self._insert_late(event_id, time_us, row, newest)
-        self._prune()
+        if times[0] <= times[-1] - self.view.horizon_us:  # something fell out of every window
+            self._prune()
         return True
 
     def _insert_late(self, event_id: str, time_us: int, row: Mapping[str, Any], newest: int) -> None:

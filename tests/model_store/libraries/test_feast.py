@@ -231,3 +231,11 @@ def test_another_feast_version_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp
             assert "model_store/libraries/feast.py" in str(error.value), name
     finally:
         feast.require_version.cache_clear()
+
+
+def test_the_stream_encoder_writes_the_timestamp_bytes_feast_writes() -> None:
+    encoder = feast.ScalarEncoder()
+    rng = np.random.default_rng(5)
+    moments = [0, 1, 999_999, 1_000_000, 1_000_001, -1, -1_500_000, 2**62, *rng.integers(0, 2**53, 2_000)]
+    for micros in moments:
+        assert encoder.timestamp(int(micros)) == feast.timestamp_bytes_of(int(micros)), micros
