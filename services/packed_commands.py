@@ -77,34 +77,132 @@ async def send_transaction(
 
     ``watch`` = (key, value): the key is watched and must hold the value, else ``TransactionAborted``.
     """
-    async with _connection(pool) as connection:
-        if watch is not None:
-            key, expected = watch
+    channel = TransactionChannel(pool, watch, watch_next=False)
+    try:
+        return await channel.execute(commands)
+    finally:
+        await channel.close()
+
+
+class Channel:
+    """A connection kept for one user's commands, one batch after another: no pool to go through, so a batch is
+    written before its sender first waits (what a consumer that orders its reads and writes relies on)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._connection: Any = None
+
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """Replies of ``commands``, in order (one write); reply errors are raised after every reply is read."""
+        connection = await self._connect()
+        try:
+            await connection.send_packed_command([hiredis.pack_command(c) for c in commands], check_health=False)
+            replies: list[Any] = []
+            error: ResponseError | None = None
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as failed:
+                    error = error or failed
+                    replies.append(failed)
+        except BaseException:
+            await self.close(drop=True)
+            raise
+        if error is not None:
+            raise error
+        return replies
+
+    async def _connect(self) -> Any:
+        if self._connection is None:
+            self._connection = await self.pool.get_connection()
+        return self._connection
+
+    async def close(self, drop: bool = False) -> None:
+        """Give the connection back; ``drop``: disconnect it first (replies or a watch may linger on it)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if drop:
+                await connection.disconnect(nowait=True)
+            await self.pool.release(connection)
+
+
+class TransactionChannel(Channel):
+    """A connection kept for one writer's transactions (``send_transaction``'s, one after another).
+
+    With ``watch`` = (key, value), a transaction runs only while the key holds the value (a lease). The first
+    checks it with a round trip (``WATCH``, ``GET``) before its ``MULTI``/``EXEC``; with ``watch_next``, each
+    transaction's write ends with the next one's ``WATCH`` and ``GET``, so the next is a single write with no
+    round trip before it: it runs if the value was right then and the key has not changed since (``WATCH``),
+    else ``TransactionAborted``. Whoever changes the key on purpose (renewing the lease) calls ``rewatch``.
+    """
+
+    def __init__(
+        self, pool: ConnectionPool, watch: tuple[str, bytes] | None = None, watch_next: bool = True
+    ) -> None:
+        super().__init__(pool)
+        self.watch = watch
+        self.watch_next = watch is not None and watch_next
+        # WATCH is on for this connection and the key held the value when it began.
+        self._watching = False
+
+    def rewatch(self) -> None:
+        """The key changed on purpose: check it again (a round trip) before the next transaction."""
+        self._watching = False
+
+    async def close(self, drop: bool = False) -> None:
+        # A connection left watching would abort another user's transaction: dropped, not pooled as it is.
+        await super().close(drop or self.watch_next)
+        self._watching = False
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        connection = await self._connect()
+        try:
+            return await self._execute(connection, commands)
+        except TransactionAborted:
+            raise
+        except BaseException:
+            # Failed or cancelled with replies unread: the connection is dropped, never reused in that state.
+            await self.close(drop=True)
+            raise
+
+    async def _execute(self, connection: Any, commands: Sequence[Command]) -> list[Any]:
+        pack = hiredis.pack_command
+        if self.watch is not None and not self._watching:
+            key, expected = self.watch
             await connection.send_packed_command(
-                [hiredis.pack_command(("WATCH", key)), hiredis.pack_command(("GET", key))]
+                [pack(("UNWATCH",)), pack(("WATCH", key)), pack(("GET", key))], check_health=False
             )
+            await connection.read_response()
             await connection.read_response()
             holder = await connection.read_response()
             if holder != expected:
-                await connection.send_command("UNWATCH")
+                await connection.send_packed_command([pack(("UNWATCH",))], check_health=False)
                 await connection.read_response()
                 raise TransactionAborted(f"{key} holds {holder!r}, not {expected!r}")
-        packed = [hiredis.pack_command(("MULTI",))]
-        packed.extend(hiredis.pack_command(command) for command in commands)
-        packed.append(hiredis.pack_command(("EXEC",)))
-        await connection.send_packed_command(packed)
-        queued_error: ResponseError | None = None
+        packed = [pack(("MULTI",))]
+        packed.extend(pack(command) for command in commands)
+        packed.append(pack(("EXEC",)))
+        if self.watch_next:
+            packed += [pack(("WATCH", self.watch[0])), pack(("GET", self.watch[0]))]  # type: ignore[index]
+        self._watching = False
+        await connection.send_packed_command(packed, check_health=False)
+        error: ResponseError | None = None
         for _ in range(len(commands) + 1):  # +OK for MULTI, then QUEUED (or an error) per command
             try:
                 await connection.read_response()
-            except ResponseError as error:
-                queued_error = queued_error or error
+            except ResponseError as refused:
+                error = error or refused
         try:
             replies = await connection.read_response()
-        except ResponseError as error:  # EXECABORT after a command refused while queueing
-            raise queued_error or error from None
+        except ResponseError as aborted:  # EXECABORT after a command refused while queueing
+            error, replies = error or aborted, []
+        if self.watch_next:
+            await connection.read_response()
+            self._watching = await connection.read_response() == self.watch[1]  # type: ignore[index]
+        if error is not None:
+            raise error
         if replies is None:
-            raise TransactionAborted(f"{watch[0] if watch else '?'} changed before EXEC")
+            raise TransactionAborted(f"{self.watch[0] if self.watch else '?'} changed before EXEC")
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply

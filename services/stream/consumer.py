@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.packed_commands import Command, TransactionAborted, send_transaction
+from services.packed_commands import Command, TransactionAborted, TransactionChannel, send_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class GroupConsumer:
         on_state_lost: Callable[[], None] | None = None,
         on_idle: Callable[[], Awaitable[list[Entry]]] | None = None,
         pace_seconds: float = 0.0,
+        defer_commits: bool = False,
     ) -> None:
         self.client = client
         self.streams = list(streams)
@@ -127,12 +128,22 @@ class GroupConsumer:
         # Read at most this often unless behind (the processor every 20 ms, the consumers nothing waits on every
         # second): fewer, larger batches cost less per entry and wake the process less often beside the service.
         self.pace_seconds = pace_seconds
+        # Behind, send a batch's commit once the next batch's handler first waits on Redis (``process``): for a
+        # handler that reads Redis first thing, and suspends once at least when it has nothing to read.
+        self.defer_commits = defer_commits
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
         self._pending_from: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
         self._claimed = False
         self._state_reloaded = False
         self._in_flight: asyncio.Task[None] | None = None
+        # A full batch's commit, sent once the next batch's handler waits on its own reads (see ``process``).
+        self._deferred: tuple[list[Entry], Effects] | None = None
+        # Commits go one after another on a connection of their own, each a single write (no round trip to
+        # check the lease first: the previous one's write ends with the next one's WATCH).
+        self._channel = TransactionChannel(
+            client.connection_pool, (fence.key, fence.token) if fence is not None else None
+        )
         self._lag_checked = 0.0
         # Entries another member read and never acknowledged are taken over once idle this long: at once
         # behind a fence (the lease says the other member is gone), after a minute otherwise.
@@ -162,7 +173,9 @@ class GroupConsumer:
                     # A renewal touches the watched lease key: never while a commit is between WATCH and EXEC
                     # (the commit would abort as if another process had taken the lease).
                     await self.settle()
-                    if not await self.fence.renew(reacquire=self._state_reloaded):
+                    renewed = await self.fence.renew(reacquire=self._state_reloaded)
+                    self._channel.rewatch()  # the renewal touched the watched key
+                    if not renewed:
                         raise FenceLost(f"lease {self.fence.key} is held by another process")
                     self._state_reloaded = False
                 read_at = time.monotonic()
@@ -170,9 +183,9 @@ class GroupConsumer:
                 self.stats.redis_ok = True
                 if entries:
                     await self.process(entries)
-                elif self.on_idle is not None:
+                else:
                     await self.settle()
-                    if done := await self.on_idle():
+                    if self.on_idle is not None and (done := await self.on_idle()):
                         await self.commit(done, Effects(ack=done))
                 if time.monotonic() - self._lag_checked > LAG_CHECK_SECONDS:
                     await self.measure_lag()
@@ -218,6 +231,8 @@ class GroupConsumer:
         """After Redis lost or refused our writes: drop the commit in flight, re-read every pending entry (taking
         over others' again) and let the handler reload its state from Redis."""
         await self._drop_in_flight()
+        self._deferred = None
+        await self._channel.close()
         self._pending_from = dict.fromkeys(self.streams, "0")
         self._claimed = False
         if self.on_state_lost is not None:
@@ -295,7 +310,8 @@ class GroupConsumer:
             self.name,
             dict.fromkeys(self.streams, ">"),
             count=self.batch_size,
-            block=self.block_ms,
+            # A deferred commit waits for this read: never longer than it takes to say there is nothing new.
+            block=self.block_ms if self._deferred is None else None,
         )
         return _entries(reply)
 
@@ -305,8 +321,17 @@ class GroupConsumer:
         One commit is in flight at a time: Redis executes batch k's transaction on its core while this process
         reads and computes batch k+1, and k+1 is committed only after k succeeded. If k fails, k+1's effects are
         dropped with the handler's state, and both batches are read again from the pending entries.
+
+        With ``defer_commits``, when behind (a full batch), batch k's commit is sent only once batch k+1 has been
+        read and its handler first waits on Redis: the read and the handler's own reads (the state of entities
+        not in memory) then reach Redis before the transaction, instead of waiting while Redis executes it.
+        Not behind, the commit goes at once, so nothing waits for entries that are not there yet.
         """
         present = [e for e in entries if e.fields is not None]
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            # Runs at the handler's first wait on Redis, after its requests are written.
+            self._in_flight = asyncio.create_task(self._commit(*deferred))
         effects = await self.handler(present) if present else Effects()
         effects.dead_letters.extend(
             (e, "entry was trimmed from the stream before this group processed it")
@@ -314,10 +339,17 @@ class GroupConsumer:
             if e.fields is None
         )
         await self.settle()
-        self._in_flight = asyncio.create_task(self._commit(entries, effects))
+        if self.defer_commits and len(entries) >= self.batch_size and not self._stopping.is_set():
+            self._deferred = (entries, effects)
+        else:
+            self._in_flight = asyncio.create_task(self._commit(entries, effects))
 
     async def settle(self) -> None:
-        """Wait for the commit in flight; if it failed, the handler forgets its state and the error is raised."""
+        """Commit what is deferred and wait for the commit in flight; if it failed, the handler forgets its state
+        and the error is raised."""
+        if self._deferred is not None and self._in_flight is None:
+            self._in_flight = asyncio.create_task(self._commit(*self._deferred))
+            self._deferred = None
         task, self._in_flight = self._in_flight, None
         if task is None:
             return
@@ -367,7 +399,10 @@ class GroupConsumer:
             by_stream.setdefault(entry.stream, []).append(entry.id)
         for stream, ids in by_stream.items():
             commands.append(("XACK", stream, self.group, *ids))
-        await execute_atomically(self.client, commands, self.fence)
+        try:
+            await self._channel.execute(commands)
+        except TransactionAborted as error:
+            raise FenceLost(f"lease {self.fence.key if self.fence else '?'} is no longer ours ({error})") from None
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:

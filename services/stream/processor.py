@@ -39,6 +39,7 @@ import orjson
 
 from model_store import libraries
 from model_store.settings import redacted_url
+from services.packed_commands import Channel
 from services.stream.consumer import Command, Effects, Entry
 from services.stream.events import TransactionEvent, decode_entries, raw_row
 from services.stream.runner import Role, main
@@ -344,6 +345,8 @@ class WindowProcessor:
     def __init__(self, client: Redis, state: WindowState) -> None:
         self.client = client
         self.state = state
+        # The state's reads are written before the handler first waits: a deferred commit goes after them.
+        self._reads = Channel(client.connection_pool)
         self.processed = 0
         self._script_loaded = False
 
@@ -359,11 +362,11 @@ class WindowProcessor:
         targets = self.state.mine(events)
         missing = self.state.missing(targets)
         if missing:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for ref in missing:
-                    pipe.zrange(ref.state_key, 0, -1, withscores=True)
-                for ref, members in zip(missing, await pipe.execute(), strict=True):
-                    self.state.load(ref, members)
+            replies = await self._reads.send([("ZRANGE", ref.state_key, 0, -1, "WITHSCORES") for ref in missing])
+            for ref, flat in zip(missing, replies, strict=True):
+                self.state.load(ref, list(zip(flat[::2], map(float, flat[1::2]), strict=True)))
+        else:
+            await asyncio.sleep(0)  # nothing to read: the previous batch's deferred commit may go now
         if not self._script_loaded:
             await self.client.script_load(WRITE_SCRIPT.source)
             self._script_loaded = True
@@ -546,6 +549,7 @@ async def window_role(settings: StreamSettings, client: Redis, stopping: asyncio
         on_state_lost=processor.forget,
         release=lease.release,
         pace_seconds=settings.processor_pace_seconds,
+        defer_commits=True,
     )
 
 

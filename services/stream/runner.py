@@ -49,6 +49,8 @@ class Role:
     release: Callable[[], Awaitable[None]] | None = None
     # Read at most this often unless behind (``GroupConsumer.pace_seconds``).
     pace_seconds: float = 0.0
+    # Behind, commit a batch after the next one's reads (``GroupConsumer.defer_commits``).
+    defer_commits: bool = False
 
 
 RoleFactory = Callable[["StreamSettings", "Redis", asyncio.Event], Awaitable[Role | None]]
@@ -100,6 +102,7 @@ async def run(settings: StreamSettings, make_role: RoleFactory, background: bool
             on_state_lost=role.on_state_lost,
             on_idle=role.flush_due,
             pace_seconds=settings.background_pace_seconds if background else role.pace_seconds,
+            defer_commits=role.defer_commits,
         )
         health.watch(consumer)
         if stopping.is_set():

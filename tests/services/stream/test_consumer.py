@@ -66,3 +66,55 @@ def test_a_paced_consumer_reads_once_per_interval_unless_a_full_batch_says_it_is
     assert all(gap >= 0.95 for gap in gaps[2:])
     # The three late entries, 0.1 s apart, came in one read.
     assert sizes[3] == 3
+
+
+def test_deferred_commits_go_after_the_next_batchs_reads_and_each_batch_commits_once() -> None:
+    stream = f"rtml:test-defer:{uuid.uuid4().hex[:8]}"
+    counter = f"{stream}:committed"
+    sync = redis.Redis.from_url(REDIS_URL)
+    for i in range(35):  # three full batches of 10, then 5
+        sync.xadd(stream, {b"n": str(i).encode()})
+    seen: list[int] = []
+
+    async def run() -> None:
+        from redis.asyncio import Redis
+
+        from services.packed_commands import Channel
+
+        client = Redis.from_url(REDIS_URL)
+        reads = Channel(client.connection_pool)
+
+        async def handle(entries: list[Entry]) -> Effects:
+            # Reads first, as the window processor does: the previous full batch's commit goes after them.
+            (value,) = await reads.send([("GET", counter)])
+            seen.append(int(value or 0))
+            return Effects(commands=[("INCR", counter)])
+
+        consumer = GroupConsumer(
+            client,
+            [stream],
+            "deferring",
+            handle,
+            dead_letter_stream=f"{stream}:dead",
+            batch_size=10,
+            defer_commits=True,
+        )
+
+        async def stop_when_done() -> None:
+            while consumer.stats.entries < 35:
+                await asyncio.sleep(0.01)
+            consumer.stop()
+
+        await asyncio.wait_for(asyncio.gather(consumer.run(), stop_when_done()), timeout=20)
+        await reads.close()
+        await client.aclose()
+
+    try:
+        asyncio.run(run())
+        # Batch k+1 read the count before batch k's commit ran; the last, partial batch committed at once.
+        assert seen == [0, 0, 1, 2]
+        assert sync.get(counter) == b"4"
+        assert sync.xpending(stream, "deferring")["pending"] == 0
+    finally:
+        sync.delete(stream, counter, f"{stream}:dead")
+        sync.close()

@@ -1,0 +1,99 @@
+"""Commands packed by hiredis on kept connections, against the real Redis: a watching channel commits only while
+its key holds its value, each commit a single write after the first."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis
+
+from services.packed_commands import Channel, TransactionAborted, TransactionChannel
+from tests.conftest import REDIS_URL
+
+
+def _with_keys(body: Callable[[str, redis.Redis], Awaitable[None]]) -> None:
+    prefix = f"rtml:test-channel:{uuid.uuid4().hex[:8]}"
+    sync = redis.Redis.from_url(REDIS_URL)
+    try:
+        asyncio.run(body(prefix, sync))
+    finally:
+        if keys := list(sync.scan_iter(f"{prefix}*")):
+            sync.delete(*keys)
+        sync.close()
+
+
+def test_a_watching_channel_commits_while_its_key_holds_the_value_and_never_after() -> None:
+    async def body(prefix: str, sync: redis.Redis) -> None:
+        from redis.asyncio import Redis
+
+        lease, data = f"{prefix}:lease", f"{prefix}:data"
+        sync.set(lease, b"me")
+        client = Redis.from_url(REDIS_URL)
+        channel = TransactionChannel(client.connection_pool, (lease, b"me"))
+        assert await channel.execute([("RPUSH", data, "first")]) == [1]
+        assert await channel.execute([("RPUSH", data, "second")]) == [2]  # on the watch the first one left
+
+        sync.set(lease, b"someone else")  # the lease moved between two commits
+        with pytest.raises(TransactionAborted):
+            await channel.execute([("RPUSH", data, "third")])
+        with pytest.raises(TransactionAborted, match="someone else"):
+            await channel.execute([("RPUSH", data, "fourth")])  # checked again, and still not ours
+
+        sync.set(lease, b"me")
+        channel.rewatch()
+        assert await channel.execute([("RPUSH", data, "fifth")]) == [3]
+        assert sync.lrange(data, 0, -1) == [b"first", b"second", b"fifth"]
+        await channel.close()
+        await client.aclose()
+
+    _with_keys(body)
+
+
+def test_renewing_the_watched_key_aborts_the_next_commit_unless_the_channel_rewatches() -> None:
+    async def body(prefix: str, sync: redis.Redis) -> None:
+        from redis.asyncio import Redis
+
+        lease, data = f"{prefix}:lease", f"{prefix}:data"
+        sync.set(lease, b"me", px=60_000)
+        client = Redis.from_url(REDIS_URL)
+        channel = TransactionChannel(client.connection_pool, (lease, b"me"))
+        await channel.execute([("INCR", data)])
+
+        sync.pexpire(lease, 60_000)  # the holder's own renewal: same value, but the key was touched
+        with pytest.raises(TransactionAborted):
+            await channel.execute([("INCR", data)])
+        sync.pexpire(lease, 60_000)
+        channel.rewatch()
+        await channel.execute([("INCR", data)])
+
+        assert sync.get(data) == b"2"
+        await channel.close()
+        await client.aclose()
+
+    _with_keys(body)
+
+
+def test_a_channel_writes_its_commands_before_its_sender_first_waits() -> None:
+    # What a consumer deferring its commit relies on: a read written before the commit's task may run is
+    # answered before the commit is executed, so it sees the state before it.
+    async def body(prefix: str, sync: redis.Redis) -> None:
+        from redis.asyncio import Redis
+
+        key = f"{prefix}:counter"
+        client = Redis.from_url(REDIS_URL)
+        reads, writes = Channel(client.connection_pool), TransactionChannel(client.connection_pool)
+        await reads.send([("GET", key)])
+        await writes.execute([("SET", key, 0)])  # both connected
+
+        commit = asyncio.create_task(writes.execute([("INCR", key)]))
+        assert await reads.send([("GET", key)]) == [b"0"]
+        await commit
+        assert await reads.send([("GET", key)]) == [b"1"]
+        await reads.close()
+        await writes.close()
+        await client.aclose()
+
+    _with_keys(body)
