@@ -1,4 +1,6 @@
-"""Redis commands packed by hiredis and sent in one write on a pooled asyncio connection.
+"""Redis commands packed by hiredis and sent in one write on an asyncio connection: a pooled one for each call
+(``send``, ``send_transaction``), or one kept by a user whose commands go one batch after another (``Channel``,
+``TransactionChannel``).
 
 redis-py's pipeline object packs each command in Python and keeps per-command bookkeeping and response
 callbacks, a large share of a batch feature read and of a stream commit (figures: docs/architecture.md, "Why
@@ -8,8 +10,7 @@ that failed or was cancelled with replies unread is dropped, never returned to t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -37,33 +38,12 @@ async def send(pool: ConnectionPool, commands: Sequence[Command | bytes], retry:
         return await _send_once(pool, packed)  # on a fresh connection
 
 
-@asynccontextmanager
-async def _connection(pool: ConnectionPool) -> AsyncIterator[Any]:
-    """A pooled connection, dropped rather than returned when anything failed (replies may be unread)."""
-    connection = await pool.get_connection()
-    try:
-        yield connection
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
-
-
 async def _send_once(pool: ConnectionPool, packed: list[bytes]) -> list[Any]:
-    async with _connection(pool) as connection:
-        await connection.send_packed_command(packed, check_health=False)
-        replies: list[Any] = []
-        error: ResponseError | None = None
-        for _ in packed:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as failed:
-                error = error or failed
-                replies.append(failed)
-        if error is not None:
-            raise error
-        return replies
+    channel = Channel(pool)
+    try:
+        return await channel.send(packed)
+    finally:
+        await channel.close()
 
 
 class TransactionAborted(RuntimeError):
@@ -92,11 +72,13 @@ class Channel:
         self.pool = pool
         self._connection: Any = None
 
-    async def send(self, commands: Sequence[Command]) -> list[Any]:
-        """Replies of ``commands``, in order (one write); reply errors are raised after every reply is read."""
+    async def send(self, commands: Sequence[Command | bytes]) -> list[Any]:
+        """Replies of ``commands`` (tuples, or bytes packed already), in order (one write); reply errors are
+        raised after every reply is read."""
+        packed = [c if isinstance(c, bytes) else hiredis.pack_command(c) for c in commands]
         connection = await self._connect()
         try:
-            await connection.send_packed_command([hiredis.pack_command(c) for c in commands], check_health=False)
+            await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
             error: ResponseError | None = None
             for _ in commands:
