@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.packed_commands import Command, TransactionAborted, TransactionChannel, send_transaction
+from services.packed_commands import Command, TransactionAborted, TransactionChannel
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +402,9 @@ class GroupConsumer:
         try:
             await self._channel.execute(commands)
         except TransactionAborted as error:
-            raise FenceLost(f"lease {self.fence.key if self.fence else '?'} is no longer ours ({error})") from None
+            raise FenceLost(
+                f"lease {self.fence.key if self.fence else '?'} is no longer ours ({error})"
+            ) from None
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -413,18 +415,6 @@ class GroupConsumer:
 
 class FenceLost(RuntimeError):
     """The partition's lease moved to another process: this one must stop writing."""
-
-
-async def execute_atomically(
-    client: Redis, commands: Sequence[Command], fence: Fence | None = None
-) -> list[Any]:
-    """Run ``commands`` as one transaction (one write, packed by hiredis); with a fence, only while it holds."""
-    try:
-        return await send_transaction(
-            client.connection_pool, commands, (fence.key, fence.token) if fence is not None else None
-        )
-    except TransactionAborted as error:
-        raise FenceLost(f"lease {fence.key if fence else '?'} is no longer ours ({error})") from None
 
 
 def _entries(reply: Any) -> list[Entry]:
@@ -447,4 +437,4 @@ def _entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-__all__ = ["Effects", "Entry", "Fence", "FenceLost", "GroupConsumer", "execute_atomically"]
+__all__ = ["Effects", "Entry", "Fence", "FenceLost", "GroupConsumer"]

@@ -362,7 +362,9 @@ class WindowProcessor:
         targets = self.state.mine(events)
         missing = self.state.missing(targets)
         if missing:
-            replies = await self._reads.send([("ZRANGE", ref.state_key, 0, -1, "WITHSCORES") for ref in missing])
+            replies = await self._reads.send(
+                [("ZRANGE", ref.state_key, 0, -1, "WITHSCORES") for ref in missing]
+            )
             for ref, flat in zip(missing, replies, strict=True):
                 self.state.load(ref, list(zip(flat[::2], map(float, flat[1::2]), strict=True)))
         else:
