@@ -158,7 +158,7 @@ def decode_entries(
 
 
 def _transactions_at_once(entries: list[Entry]) -> list[Transaction] | None:
-    """Every entry's transaction, validated as one JSON array: a third less than a call per entry, on every
+    """Every entry's transaction, validated as one JSON array: a sixth less than a call per entry, on every
     consumer's every entry. None when any is missing or invalid: each is then validated alone, for its reason."""
     raws = [(entry.fields or {}).get(b"transaction") for entry in entries]
     if not raws or None in raws:
