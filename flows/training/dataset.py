@@ -259,6 +259,14 @@ def retrieve_features(
 def time_split(times: pd.Series, validation_fraction: float, test_fraction: float) -> TimeSplit:
     """Boundaries that put the newest ``test_fraction`` of ``times`` in the holdout and the ``validation_fraction``
     before it in validation. Boundaries fall on timestamps, so rows sharing a timestamp stay on one side."""
+    return split_sizes(times, validation_fraction, test_fraction)[0]
+
+
+def split_sizes(
+    times: pd.Series, validation_fraction: float, test_fraction: float
+) -> tuple[TimeSplit, dict[str, int]]:
+    """``time_split`` and how many of ``times`` each part holds (``split_frame``'s lengths), from one sort: a
+    history's times go through it whole, and ``split_frame`` would copy them once per part."""
     if (
         not 0 < validation_fraction < 1
         or not 0 < test_fraction < 1
@@ -268,14 +276,6 @@ def time_split(times: pd.Series, validation_fraction: float, test_fraction: floa
             f"validation_fraction={validation_fraction} and test_fraction={test_fraction} must be in (0, 1) "
             "and leave rows for training"
         )
-    return split_sizes(times, validation_fraction, test_fraction)[0]
-
-
-def split_sizes(
-    times: pd.Series, validation_fraction: float, test_fraction: float
-) -> tuple[TimeSplit, dict[str, int]]:
-    """``time_split`` and how many of ``times`` each part holds (``split_frame``'s lengths), from one sort: a
-    history's times go through it whole, and ``split_frame`` would copy them once per part."""
     index = pd.DatetimeIndex(times)
     ordered = np.sort(index.asi8)
     n = len(ordered)

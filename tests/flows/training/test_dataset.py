@@ -348,6 +348,8 @@ def test_split_sizes_count_what_split_frame_keeps_with_ties_on_the_boundaries() 
     parts = dict(zip(("train", "validation", "test"), map(len, split_frame(frame, split)), strict=True))
     assert sizes == parts
     assert sum(sizes.values()) == len(frame) and all(size % 10 == 0 for size in sizes.values())
+    with pytest.raises(ValueError, match="leave rows for training"):
+        split_sizes(frame["event_timestamp"], 0.5, 0.5)
 
 
 def test_an_unknown_feature_service_says_what_to_do(pipeline_settings: Settings) -> None:
