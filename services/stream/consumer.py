@@ -7,7 +7,10 @@ log, stream scoring) runs this loop around a plain function from a batch of entr
   crash left them pending), then new ones. A group that does not exist is created at the start of the stream.
 - The handler returns Redis commands; they, the dead letters and the ``XACK`` run as one ``MULTI``/``EXEC``.
   Either all of a batch's effects happen and it is acknowledged, or none do and it is read again: delivery is
-  at least once, and a handler whose effects are idempotent makes the effect exactly once.
+  at least once, and a handler whose effects are idempotent makes the effect exactly once. Such a handler may
+  also return ``steps``: commands sent in one write before that transaction, each atomic on its own (a Lua
+  call), so that Redis serves other clients between them; a failure between two leaves effects that the batch,
+  read again, repeats without changing them.
 - A malformed entry goes to the dead-letter stream with its reason and its original fields, and is
   acknowledged; it never stops the loop.
 - Redis down: a log line naming it, back-off up to ``MAX_BACKOFF_SECONDS``, and recovery when it answers
@@ -67,11 +70,18 @@ class Entry:
 @dataclass
 class Effects:
     """What a handler wants done for a batch: Redis commands, entries it refuses (with the reason), and which
-    entries to acknowledge now (``None``: the whole batch; a handler that buffers acknowledges later)."""
+    entries to acknowledge now (``None``: the whole batch; a handler that buffers acknowledges later).
+
+    ``steps``: commands run before the transaction of ``commands``, dead letters and acknowledgement, outside it.
+    Only for effects that are atomic and idempotent command by command (a batch interrupted after some is read and
+    handled again) and that check the fence themselves: a step answering an error that starts with ``FENCED``
+    means the fence is no longer held.
+    """
 
     commands: list[Command] = field(default_factory=list)
     dead_letters: list[tuple[Entry, str]] = field(default_factory=list)
     ack: list[Entry] | None = None
+    steps: list[Command] = field(default_factory=list)
 
 
 Handler = Callable[[list[Entry]], Awaitable[Effects]]
@@ -372,7 +382,8 @@ class GroupConsumer:
             logger.warning("%s: dead-lettered %s %s: %s", self.group, entry.stream, entry.id.decode(), reason)
 
     async def commit(self, entries: list[Entry], effects: Effects) -> None:
-        """Effects, dead letters and acknowledgements in one MULTI/EXEC (fenced when there is a fence)."""
+        """The effects' steps, then their commands, dead letters and acknowledgements in one MULTI/EXEC (fenced
+        when there is a fence)."""
         commands: list[Command] = list(effects.commands)
         for entry, reason in effects.dead_letters:
             commands.append(
@@ -400,8 +411,12 @@ class GroupConsumer:
         for stream, ids in by_stream.items():
             commands.append(("XACK", stream, self.group, *ids))
         try:
+            if effects.steps:
+                await self._channel.send(effects.steps)
             await self._channel.execute(commands)
-        except TransactionAborted as error:
+        except (TransactionAborted, ResponseError) as error:
+            if isinstance(error, ResponseError) and not str(error).startswith("FENCED"):
+                raise
             raise FenceLost(
                 f"lease {self.fence.key if self.fence else '?'} is no longer ours ({error})"
             ) from None

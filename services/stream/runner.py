@@ -51,6 +51,8 @@ class Role:
     pace_seconds: float = 0.0
     # Behind, commit a batch after the next one's reads (``GroupConsumer.defer_commits``).
     defer_commits: bool = False
+    # Entries read at once (None: ``stream_batch_size``, or the background batch for a background consumer).
+    batch_size: int | None = None
 
 
 RoleFactory = Callable[["StreamSettings", "Redis", asyncio.Event], Awaitable[Role | None]]
@@ -96,7 +98,8 @@ async def run(settings: StreamSettings, make_role: RoleFactory, background: bool
             role.group,
             role.handler,
             dead_letter_stream=settings.stream("dead-letter"),
-            batch_size=settings.background_batch_size if background else settings.stream_batch_size,
+            batch_size=role.batch_size
+            or (settings.background_batch_size if background else settings.stream_batch_size),
             block_ms=settings.stream_block_ms,
             fence=role.fence,
             on_state_lost=role.on_state_lost,

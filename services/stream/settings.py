@@ -17,7 +17,18 @@ class StreamSettings(Settings):
         description="Window processor partitions: each entity belongs to one, each partition to one process "
         "(a lease); run at least this many processor processes.",
     )
-    stream_batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and committed at once.")
+    stream_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Entries stream scoring reads and commits at once."
+    )
+    # Measured with a 200,000-event backlog: 18,700 events/s at 1,000 and 21,100 at 5,000 (a hot merchant is
+    # written once per batch, not once per 1,000 events); the writes go in short transactions whatever the size.
+    processor_batch_size: int = Field(
+        5000,
+        ge=1,
+        le=100_000,
+        description="Entries the window processor reads at once when behind (its writes are committed in "
+        "transactions of a few hundred entities each).",
+    )
     stream_block_ms: int = Field(200, ge=1, description="How long a read waits for new entries.")
     stream_lease_seconds: float = Field(
         10.0, gt=0, description="A partition whose process stops renewing is taken over after this long."

@@ -117,6 +117,11 @@ def throughput(env: dict[str, str], settings: Any, frame: Any, home: Path) -> di
     publish_seconds = publish_frame(settings.redis_url, stream, frame)
     client = redis.Redis.from_url(settings.redis_url)
     redis_cpu = redis_cpu_seconds(client)
+    # The benchmark's own Redis: its statistics and slow log are ours to reset.
+    client.config_resetstat()
+    client.config_set("slowlog-log-slower-than", 10_000)
+    client.config_set("slowlog-max-len", 100_000)
+    client.slowlog_reset()
     process = start_processor(env, home / "throughput.log")
     first = last = None
     peak = 0.0
@@ -138,6 +143,8 @@ def throughput(env: dict[str, str], settings: Any, frame: Any, home: Path) -> di
                 raise RuntimeError((home / "throughput.log").read_text()[-3000:])
             time.sleep(0.02)
         redis_cpu = redis_cpu_seconds(client) - redis_cpu
+        writes = client.info("commandstats").get("cmdstat_evalsha", {})
+        slow_writes = sum(1 for e in client.slowlog_get(100_000) if b"EVALSHA" in e["command"].upper())
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
@@ -151,6 +158,9 @@ def throughput(env: dict[str, str], settings: Any, frame: Any, home: Path) -> di
         "rss_mb": peak,
         "rss_quarters_mb": quarters,
         "redis_us_per_event": redis_cpu / len(frame) * 1e6,
+        "writes": int(writes.get("calls", 0)),
+        "write_ms": float(writes.get("usec_per_call", 0.0)) / 1000,
+        "slow_writes": slow_writes,
     }
 
 
@@ -420,7 +430,12 @@ def main() -> None:
             print(
                 f"throughput: {rate['events_per_s']:,.0f} events/s from one process ({rate['events']:,} events), "
                 f"peak RSS {rate['rss_mb']:.0f} MB; published at {rate['publish_per_s']:,.0f}/s; Redis's CPU "
-                f"{rate['redis_us_per_event']:.1f} us per event (batches of {settings.stream_batch_size:,})",
+                f"{rate['redis_us_per_event']:.1f} us per event (batches of {settings.processor_batch_size:,})",
+                flush=True,
+            )
+            print(
+                f"  writes: {rate['writes']:,} Lua calls holding Redis {rate['write_ms']:.1f} ms each on average, "
+                f"{rate['slow_writes']} of them over 10 ms (while one runs, Redis answers nobody else)",
                 flush=True,
             )
             print(

@@ -1,5 +1,5 @@
-"""The consumer loop's pacing against the real Redis: a paced consumer reads at most once per interval unless
-it is behind, and then reads full batches back to back."""
+"""The consumer loop against the real Redis: pacing (at most one read per interval unless behind), deferred
+commits, and steps committed before a batch's acknowledgement."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import itertools
 import time
 import uuid
 
+import pytest
 import redis
 
-from services.stream.consumer import Effects, Entry, GroupConsumer
+from services.stream.consumer import Effects, Entry, FenceLost, GroupConsumer
 from tests.conftest import REDIS_URL
 
 
@@ -117,4 +118,48 @@ def test_deferred_commits_go_after_the_next_batchs_reads_and_each_batch_commits_
         assert sync.xpending(stream, "deferring")["pending"] == 0
     finally:
         sync.delete(stream, counter, f"{stream}:dead")
+        sync.close()
+
+
+def test_steps_go_before_the_acknowledgement_and_a_fenced_step_leaves_the_batch_pending() -> None:
+    stream = f"rtml:test-steps:{uuid.uuid4().hex[:8]}"
+    log = f"{stream}:log"
+    sync = redis.Redis.from_url(REDIS_URL)
+    for i in range(15):  # a batch of 10, then one of 5
+        sync.xadd(stream, {b"n": str(i).encode()})
+    batches = 0
+
+    async def run() -> None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(REDIS_URL)
+
+        async def handle(entries: list[Entry]) -> Effects:
+            nonlocal batches
+            batches += 1
+            if batches == 1:
+                return Effects(
+                    steps=[("RPUSH", log, "step-1"), ("RPUSH", log, "step-2")],
+                    commands=[("RPUSH", log, "transaction")],
+                )
+            # As the window processor's writes answer when the partition's lease has moved on.
+            refused = "return redis.error_reply('FENCED the lease is held by another process')"
+            return Effects(steps=[("EVAL", refused, 0)], commands=[("RPUSH", log, "not reached")])
+
+        consumer = GroupConsumer(
+            client, [stream], "stepping", handle, dead_letter_stream=f"{stream}:dead", batch_size=10
+        )
+        try:
+            await asyncio.wait_for(consumer.run(), timeout=20)
+        finally:
+            await client.aclose()
+
+    try:
+        with pytest.raises(FenceLost, match="FENCED"):
+            asyncio.run(run())
+        assert sync.lrange(log, 0, -1) == [b"step-1", b"step-2", b"transaction"]
+        # The first batch was acknowledged with its transaction; the refused one stays to be read again.
+        assert sync.xpending(stream, "stepping")["pending"] == 5
+    finally:
+        sync.delete(stream, log, f"{stream}:dead")
         sync.close()

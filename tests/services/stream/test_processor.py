@@ -19,7 +19,7 @@ import redis
 from model_store.settings import REPO_ROOT, clear_settings, get_settings
 from services.stream.consumer import GroupConsumer
 from services.stream.events import transactions_of
-from services.stream.processor import GROUP, WindowProcessor, WindowState, open_layouts
+from services.stream.processor import GROUP, WRITE_ENTITIES, WindowProcessor, WindowState, open_layouts
 from services.stream.publish import publish, xadd
 from services.stream.settings import StreamSettings, get_stream_settings
 from services.stream.windows import WindowedView, compute_windows
@@ -92,7 +92,9 @@ def publish_frame(
         client.close()
 
 
-def drain(settings: StreamSettings, partitions: int = 1, timeout: float = 120) -> list[WindowProcessor]:
+def drain(
+    settings: StreamSettings, partitions: int = 1, timeout: float = 120, write_entities: int = WRITE_ENTITIES
+) -> list[WindowProcessor]:
     """Run one in-process processor per partition until every entry of the stream is acknowledged."""
 
     async def run() -> list[WindowProcessor]:
@@ -102,7 +104,7 @@ def drain(settings: StreamSettings, partitions: int = 1, timeout: float = 120) -
         layouts = open_layouts(settings)
         processors, consumers = [], []
         for partition in range(partitions):
-            state = WindowState(layouts, partition, partitions)
+            state = WindowState(layouts, partition, partitions, write_entities=write_entities)
             processor = WindowProcessor(client, state)
             processors.append(processor)
             consumers.append(
@@ -234,6 +236,72 @@ def test_late_and_out_of_order_events_end_where_the_batch_does(stream_settings: 
     assert_online_equals_batch(stream_settings, frame)
 
 
+def test_a_batch_whose_writes_landed_in_part_counts_each_transaction_once_when_read_again(
+    stream_settings: StreamSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's writes are several Lua calls before its acknowledgement: Redis may drop the connection after
+    some have run. The batch is read again, and entities whose write landed must not count it twice."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from services.packed_commands import TransactionChannel
+
+    frame = history(seed=9)
+    publish_frame(stream_settings, frame)
+    send = TransactionChannel.send
+    failed = 0
+
+    async def half_then_fail(self: TransactionChannel, commands: list) -> list:
+        nonlocal failed
+        if failed < 2 and len(commands) >= 2:
+            failed += 1
+            await send(self, commands[: len(commands) // 2])
+            raise RedisConnectionError("connection lost halfway through a batch's writes (test)")
+        return await send(self, commands)
+
+    monkeypatch.setattr(TransactionChannel, "send", half_then_fail)
+    drain(stream_settings, write_entities=40)
+    assert failed == 2
+    assert_online_equals_batch(stream_settings, frame)
+
+
+def test_writes_refuse_once_the_partitions_lease_is_another_processs(stream_settings: StreamSettings) -> None:
+    """The writes go outside the fenced transaction that acknowledges, so each checks the lease itself."""
+    from services.stream.consumer import FenceLost
+    from services.stream.processor import lease_key
+
+    publish_frame(stream_settings, history(n=400, seed=10))
+    key = lease_key(stream_settings.feast_project, 0, 1)
+    client = redis.Redis.from_url(stream_settings.redis_url)
+    client.set(key, b"another process")
+
+    async def run() -> None:
+        from redis.asyncio import Redis
+
+        aio = Redis.from_url(stream_settings.redis_url)
+        processor = WindowProcessor(aio, WindowState(open_layouts(stream_settings), fence=(key, b"ours")))
+        consumer = GroupConsumer(
+            aio,
+            [stream_settings.stream("transactions")],
+            f"{GROUP}-0-of-1",
+            processor.handle,
+            dead_letter_stream=stream_settings.stream("dead-letter"),
+        )
+        try:
+            await asyncio.wait_for(consumer.run(), timeout=30)
+        finally:
+            await aio.aclose()
+
+    try:
+        with pytest.raises(FenceLost, match="FENCED"):
+            asyncio.run(run())
+        # No state written (Feast keys, and so the state keys, end with the project's name).
+        assert list(client.scan_iter(match=f"rtml:windows:*{stream_settings.feast_project}")) == []
+        assert client.xpending(stream_settings.stream("transactions"), f"{GROUP}-0-of-1")["pending"] == 400
+    finally:
+        client.delete(key)
+        client.close()
+
+
 def test_two_partitions_share_the_work(stream_settings: StreamSettings) -> None:
     frame = history(seed=4)
     publish_frame(stream_settings, frame)
@@ -328,7 +396,7 @@ def test_killed_with_sigkill_it_resumes_and_counts_each_transaction_once(
     frame = history(n=20_000, seed=6)
     publish_frame(stream_settings, frame)
     # A lease a loaded machine does not outlast within one batch; a restarted process waits for it to expire.
-    env = {**stream_env, "RTML_STREAM_LEASE_SECONDS": "3", "RTML_STREAM_BATCH_SIZE": "500"}
+    env = {**stream_env, "RTML_STREAM_LEASE_SECONDS": "3", "RTML_PROCESSOR_BATCH_SIZE": "500"}
     log = tmp_path / "processor.log"
     for kill in range(3):
         process = processor_process(env, log)
@@ -364,7 +432,7 @@ def test_a_redis_restart_mid_stream_is_survived(
         settings.export_feast_env()
         frame = history(n=20_000, seed=7)
         publish_frame(settings, frame, server.url)
-        env = {**stream_env, "RTML_REDIS_URL": server.url, "RTML_STREAM_BATCH_SIZE": "500"}
+        env = {**stream_env, "RTML_REDIS_URL": server.url, "RTML_PROCESSOR_BATCH_SIZE": "500"}
         log = tmp_path / "processor.log"
         process = processor_process(env, log)
         try:
@@ -481,7 +549,8 @@ def test_a_processor_that_stalled_past_its_lease_takes_it_again_when_nobody_did(
         client = Redis.from_url(stream_settings.redis_url)
         lease = PartitionLease(client, lease_key(stream_settings.feast_project, 0, 1), b"ours", 0.5)
         assert await lease.acquire()
-        processor = WindowProcessor(client, WindowState(open_layouts(stream_settings)))
+        state = WindowState(open_layouts(stream_settings), fence=(lease.key, lease.token))
+        processor = WindowProcessor(client, state)
         batches = 0
 
         async def stalling(entries: list) -> object:
