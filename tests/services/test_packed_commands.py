@@ -1,5 +1,5 @@
 """Commands packed by hiredis on kept connections, against the real Redis: a watching channel commits only while
-its key holds its value, each commit a single write after the first."""
+its key holds its value, each commit a single write after the first; one-shot sends reuse one connection."""
 
 from __future__ import annotations
 
@@ -94,6 +94,45 @@ def test_a_channel_writes_its_commands_before_its_sender_first_waits() -> None:
         assert await reads.send([("GET", key)]) == [b"1"]
         await reads.close()
         await writes.close()
+        await client.aclose()
+
+    _with_keys(body)
+
+
+def test_one_shot_sends_keep_one_connection_and_replace_it_when_redis_drops_it() -> None:
+    async def body(prefix: str, sync: redis.Redis) -> None:
+        from redis.asyncio import Redis
+
+        from services.packed_commands import send
+
+        key = f"{prefix}:n"
+        client = Redis.from_url(REDIS_URL)
+        pool = client.connection_pool
+        checkouts = 0
+        get_connection = pool.get_connection
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            nonlocal checkouts
+            checkouts += 1
+            return await get_connection(*args, **kwargs)
+
+        pool.get_connection = counted  # type: ignore[method-assign]
+        name = f"{prefix}-kept".replace(":", "-")
+        assert await send(pool, [("CLIENT", "SETNAME", name), ("INCR", key)]) == [b"OK", 1]
+        for expected in (2, 3):  # the same connection, not taken from the pool again
+            assert await send(pool, [("INCR", key), ("CLIENT", "GETNAME")]) == [expected, name.encode()]
+        assert checkouts == 1
+        # Redis drops the kept connection (a restart, a proxy): the send goes again on a fresh one.
+        (kept,) = [c for c in sync.client_list() if c.get("name") == name]
+        sync.client_kill_filter(_id=kept["id"])
+        assert await send(pool, [("INCR", key), ("CLIENT", "GETNAME")]) == [4, None]
+        assert checkouts == 2
+        # Concurrent sends: one on the kept connection, the others on pooled ones; all answer, one is kept.
+        replies = await asyncio.gather(*(send(pool, [("INCR", key)]) for _ in range(5)))
+        assert sorted(r[0] for r in replies) == [5, 6, 7, 8, 9]
+        assert checkouts == 6
+        assert await send(pool, [("INCR", key)]) == [10]
+        assert checkouts == 6
         await client.aclose()
 
     _with_keys(body)
