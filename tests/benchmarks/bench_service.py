@@ -5,8 +5,8 @@ Run: `.venv/bin/python tests/benchmarks/bench_service.py [--duration 10] [--work
 features for 20,000 customers and 2,000 merchants, written through Feast), trains a 300-tree CatBoost on the
 feature service's features, and serves in turn: the real service, which publishes every decision to the
 transactions stream before answering; the same with publishing off (what the decision record costs); the plain path (a `@bentoml.api` endpoint calling Feast's `get_online_features` and CatBoost's
-`predict_proba` on a DataFrame, with `bentoml serve`); and the machine's HTTP floor (a Starlette endpoint on
-uvicorn that answers without work). wrk loads each on loopback, cycling through 2,000 different transactions
+`predict_proba` on a DataFrame, with `bentoml serve`); BentoML's floor (the service's configuration mounting an
+endpoint that answers without work); and the machine's HTTP floor (that endpoint on uvicorn alone). wrk loads each on loopback, cycling through 2,000 different transactions
 (2 % unknown customers). With `--py-spy`, py-spy profiles of the service worker show where the time goes.
 Deletes its Redis keys at the end.
 """
@@ -103,6 +103,24 @@ def floor_app() -> Any:
             Route("/readyz", _floor_answer, methods=["GET"]),
         ]
     )
+
+
+@bentoml.service(
+    name="bentoml_floor",
+    workers=1,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/score", "/score_batch"]},
+)
+@bentoml.asgi_app(floor_app(), path="/")
+class BentoFloor:
+    """BentoML's own per-request cost: the scoring service's configuration and start-up tuning, mounting the
+    floor app (no features, no model, no decision record)."""
+
+    def __init__(self) -> None:
+        from services.scorer.service import tune_interpreter
+
+        tune_interpreter()
 
 
 def synthetic_value_columns(view: Any, n: int, rng: Any, now: int) -> dict[str, Any]:
@@ -501,7 +519,7 @@ def main() -> None:
             "batch": write_lua(home / "plain_batch.lua", "/score_batch", batches),
         },
     }
-    scripts["floor"] = scripts["unpublished"] = scripts["service"]  # the same requests
+    scripts["floor"] = scripts["bentoml"] = scripts["unpublished"] = scripts["service"]  # the same requests
     service_env = dict(env)
     if args.workers:
         service_env["BENTOML_CONFIG_OPTIONS"] = f"services.online_scorer.workers={args.workers}"
@@ -513,6 +531,7 @@ def main() -> None:
             ("service", BENTOML_SERVE, service, service_env),
             ("unpublished", BENTOML_SERVE, service, {**service_env, "RTML_PUBLISH_DECISIONS": "false"}),
             ("plain", BENTOML_SERVE, "tests.benchmarks.bench_service:PlainScorer", env),
+            ("bentoml", BENTOML_SERVE, "tests.benchmarks.bench_service:BentoFloor", env),
             ("floor", UVICORN_FACTORY, "tests.benchmarks.bench_service:floor_app", env),
         ):
             port = free_port()
@@ -568,6 +587,14 @@ def main() -> None:
         f"c1 p50 {floor['score_c1']['p50_us'] / 1000:.2f} ms p99 {floor['score_c1']['p99_us'] / 1000:.2f} ms; "
         f"c32 {floor['score_c32']['rps']:.0f} req/s p99 {floor['score_c32']['p99_us'] / 1000:.2f} ms; "
         f"1,000-transaction body p50 {floor['batch_1000']['p50_us'] / 1000:.2f} ms"
+    )
+    bento = results["bentoml"]
+    print(
+        "  BentoML's floor (the service's configuration mounting that app): "
+        f"c1 p50 {bento['score_c1']['p50_us'] / 1000:.2f} ms p99 {bento['score_c1']['p99_us'] / 1000:.2f} ms; "
+        f"c32 {bento['score_c32']['rps']:.0f} req/s; so of the service's c1 p50, "
+        f"{(logged['score_c1']['p50_us'] - bento['score_c1']['p50_us']) / 1000:.2f} ms is its own work "
+        "(features, model, decision record)"
     )
     for profile in profiles:
         print("\n" + profile)
