@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 import bentoml  # noqa: E402  (after the path fix: this module is also served as the plain path)
 
 from deploy.local.servers import free_port  # noqa: E402
+from services.scorer.service import SERVICE_CONFIG  # noqa: E402
 from services.scorer.transaction import Transaction  # noqa: E402
 
 N_CUSTOMERS, N_MERCHANTS = 20_000, 2_000
@@ -105,13 +106,7 @@ def floor_app() -> Any:
     )
 
 
-@bentoml.service(
-    name="bentoml_floor",
-    workers=1,
-    traffic={"timeout": 30},
-    logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ["/score", "/score_batch"]},
-)
+@bentoml.service(name="bentoml_floor", **SERVICE_CONFIG)
 @bentoml.asgi_app(floor_app(), path="/")
 class BentoFloor:
     """BentoML's own per-request cost: the scoring service's configuration and start-up tuning, mounting the
