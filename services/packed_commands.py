@@ -1,7 +1,6 @@
 """Redis commands packed by hiredis and sent in one write on an asyncio connection: one kept per pool for
-one-shot calls (``send``; a pooled one while another call holds it), a pooled one per transaction
-(``send_transaction``), or one kept by a user whose commands go one batch after another (``Channel``,
-``TransactionChannel``).
+one-shot calls (``send``; a pooled one while another call holds it), or one kept by a user whose commands go one
+batch after another (``Channel``, ``TransactionChannel``).
 
 redis-py's pipeline object packs each command in Python and keeps per-command bookkeeping and response
 callbacks, a large share of a batch feature read and of a stream commit (figures: docs/architecture.md, "Why
@@ -70,20 +69,6 @@ class TransactionAborted(RuntimeError):
     """A watched key changed (or held another value) before ``EXEC``: nothing was done."""
 
 
-async def send_transaction(
-    pool: ConnectionPool, commands: Sequence[Command], watch: tuple[str, bytes] | None = None
-) -> list[Any]:
-    """``commands`` as one ``MULTI``/``EXEC`` in one write; the first command error is raised (nothing done).
-
-    ``watch`` = (key, value): the key is watched and must hold the value, else ``TransactionAborted``.
-    """
-    channel = TransactionChannel(pool, watch, watch_next=False)
-    try:
-        return await channel.execute(commands)
-    finally:
-        await channel.close()
-
-
 class Channel:
     """A connection kept for one user's commands, one batch after another: no pool to go through, so a batch is
     written before its sender first waits (what a consumer that orders its reads and writes relies on)."""
@@ -129,21 +114,19 @@ class Channel:
 
 
 class TransactionChannel(Channel):
-    """A connection kept for one writer's transactions (``send_transaction``'s, one after another).
+    """A connection kept for one writer's transactions, one after another: each ``MULTI``/``EXEC`` in one write,
+    the first command error raised (nothing done).
 
     With ``watch`` = (key, value), a transaction runs only while the key holds the value (a lease). The first
-    checks it with a round trip (``WATCH``, ``GET``) before its ``MULTI``/``EXEC``; with ``watch_next``, each
-    transaction's write ends with the next one's ``WATCH`` and ``GET``, so the next is a single write with no
-    round trip before it: it runs if the value was right then and the key has not changed since (``WATCH``),
-    else ``TransactionAborted``. Whoever changes the key on purpose (renewing the lease) calls ``rewatch``.
+    checks it with a round trip (``WATCH``, ``GET``) before its ``MULTI``/``EXEC``; each transaction's write ends
+    with the next one's ``WATCH`` and ``GET``, so the next is a single write with no round trip before it: it runs
+    if the value was right then and the key has not changed since (``WATCH``), else ``TransactionAborted``.
+    Whoever changes the key on purpose (renewing the lease) calls ``rewatch``.
     """
 
-    def __init__(
-        self, pool: ConnectionPool, watch: tuple[str, bytes] | None = None, watch_next: bool = True
-    ) -> None:
+    def __init__(self, pool: ConnectionPool, watch: tuple[str, bytes] | None = None) -> None:
         super().__init__(pool)
         self.watch = watch
-        self.watch_next = watch is not None and watch_next
         # WATCH is on for this connection and the key held the value when it began.
         self._watching = False
 
@@ -153,7 +136,7 @@ class TransactionChannel(Channel):
 
     async def close(self, drop: bool = False) -> None:
         # A connection left watching would abort another user's transaction: dropped, not pooled as it is.
-        await super().close(drop or self.watch_next)
+        await super().close(drop or self.watch is not None)
         self._watching = False
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
@@ -184,8 +167,8 @@ class TransactionChannel(Channel):
         packed = [pack(("MULTI",))]
         packed.extend(pack(command) for command in commands)
         packed.append(pack(("EXEC",)))
-        if self.watch_next:
-            packed += [pack(("WATCH", self.watch[0])), pack(("GET", self.watch[0]))]  # type: ignore[index]
+        if self.watch is not None:
+            packed += [pack(("WATCH", self.watch[0])), pack(("GET", self.watch[0]))]
         self._watching = False
         await connection.send_packed_command(packed, check_health=False)
         error: ResponseError | None = None
@@ -198,9 +181,9 @@ class TransactionChannel(Channel):
             replies = await connection.read_response()
         except ResponseError as aborted:  # EXECABORT after a command refused while queueing
             error, replies = error or aborted, []
-        if self.watch_next:
+        if self.watch is not None:
             await connection.read_response()
-            self._watching = await connection.read_response() == self.watch[1]  # type: ignore[index]
+            self._watching = await connection.read_response() == self.watch[1]
         if error is not None:
             raise error
         if replies is None:

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from model_store.settings import Settings
-from services.packed_commands import send_transaction
+from services.packed_commands import send
 from services.scorer.transaction import Transaction
 from services.stream.consumer import Entry
 from services.stream.events import decode
@@ -42,7 +42,7 @@ def test_stream_scoring_gives_the_decision_score_gives(served_settings: Settings
         )
         effects = await scorer.handle(entries)
         async_client = Redis.from_url(settings.redis_url)
-        await send_transaction(async_client.connection_pool, effects.commands)
+        await send(async_client.connection_pool, effects.commands)
         await async_client.aclose()
         # The same transactions through the service's own path, features unchanged meanwhile.
         answers = await scoring.score(requests)
