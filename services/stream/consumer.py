@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Redis answering again is noticed within a second (a log line per retry while it is down).
 MAX_BACKOFF_SECONDS = 1.0
+# How a step that checks the fence itself says it is no longer held: its error reply starts with this word.
+FENCED = "FENCED"
 LAG_CHECK_SECONDS = 2.0
 
 
@@ -415,7 +417,7 @@ class GroupConsumer:
                 await self._channel.send(effects.steps)
             await self._channel.execute(commands)
         except (TransactionAborted, ResponseError) as error:
-            if isinstance(error, ResponseError) and not str(error).startswith("FENCED"):
+            if isinstance(error, ResponseError) and not str(error).startswith(FENCED):
                 raise
             raise FenceLost(
                 f"lease {self.fence.key if self.fence else '?'} is no longer ours ({error})"

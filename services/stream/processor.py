@@ -42,7 +42,7 @@ import orjson
 from model_store import libraries
 from model_store.settings import redacted_url
 from services.packed_commands import Channel
-from services.stream.consumer import Command, Effects, Entry
+from services.stream.consumer import FENCED, Command, Effects, Entry
 from services.stream.events import TransactionEvent, decode_entries, raw_row
 from services.stream.runner import Role, main
 from services.stream.windows import STAMP_DELAY_US, UNITS, EntityWindows, WindowedView, windowed_views
@@ -82,10 +82,12 @@ class Script:
 # One command per ``WRITE_ENTITIES`` entities: a command per entity cost the processor more in packing and
 # replies than the windows.
 WRITE_SCRIPT = Script(
-    """
+    f"""
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
+  return redis.error_reply('{FENCED} ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
 end
+"""
+    + """
 local ttl = tonumber(ARGV[2])
 local views = {}
 local at = 4
