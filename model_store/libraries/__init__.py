@@ -6,6 +6,7 @@
 - ``feast``: Feast's Redis keys, fields, values and read plan, through its private functions (accessors).
 - ``bentoml``: model stores at a path of ours (accessors).
 - ``prometheus_client``: a histogram's bulk observe (accessor).
+- ``catboost``: a model's copy for predictions, without the training parameters each prediction parses.
 
 Each module states what it relies on, pins the version it was written for (``WRITTEN_FOR``) and checks it
 before touching the library (``require_version``, which raises ``LibraryVersionError``). Importing this
@@ -13,7 +14,7 @@ package, or any module in it, imports none of these libraries and patches nothin
 the entry points that need them (docs/architecture.md lists which).
 """
 
-from model_store.libraries import bentoml, feast, prometheus_client, typeguard, whylogs
+from model_store.libraries import bentoml, catboost, feast, prometheus_client, typeguard, whylogs
 from model_store.libraries.versions import LibraryVersionError
 
-__all__ = ["LibraryVersionError", "bentoml", "feast", "prometheus_client", "typeguard", "whylogs"]
+__all__ = ["LibraryVersionError", "bentoml", "catboost", "feast", "prometheus_client", "typeguard", "whylogs"]

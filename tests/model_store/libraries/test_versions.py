@@ -13,6 +13,7 @@ MODULES = {
     "feast": libraries.feast,
     "bentoml": libraries.bentoml,
     "prometheus_client": libraries.prometheus_client,
+    "catboost": libraries.catboost,
 }
 
 
