@@ -2,6 +2,11 @@
 one-shot calls (``send``; a pooled one while another call holds it), or one kept by a user whose commands go one
 batch after another (``Channel``, ``TransactionChannel``).
 
+A sender that waits on Redis with nothing else to do may ask for a busy wait (``busy_wait`` seconds): the event
+loop keeps polling its sockets instead of sleeping until the reply wakes it. On a virtual machine an idle core
+halts, and waking it costs tens of microseconds, twice per round trip; the scoring service trades that CPU
+for latency (``RTML_REDIS_BUSY_WAIT_MICROSECONDS``, figures: docs/architecture.md).
+
 redis-py's pipeline object packs each command in Python and keeps per-command bookkeeping and response
 callbacks, a large share of a batch feature read and of a stream commit (figures: docs/architecture.md, "Why
 it is built this way"). hiredis packs in C and the replies are read straight off the connection. A connection
@@ -11,8 +16,10 @@ that failed or was cancelled with replies unread is dropped, never returned to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -25,20 +32,22 @@ if TYPE_CHECKING:
 Command = tuple[Any, ...]
 
 
-async def send(pool: ConnectionPool, commands: Sequence[Command | bytes], retry: bool = True) -> list[Any]:
+async def send(
+    pool: ConnectionPool, commands: Sequence[Command | bytes], retry: bool = True, busy_wait: float = 0.0
+) -> list[Any]:
     """Replies of ``commands`` (tuples, or bytes packed already), in order; one write, on the pool's kept
     connection when no other call holds it.
 
     A connection Redis dropped (a restart) is replaced once when ``retry``; reply errors are raised after every
-    reply is read.
+    reply is read. ``busy_wait``: at most this many seconds of the loop polling for the replies (see above).
     """
     packed = [c if isinstance(c, bytes) else hiredis.pack_command(c) for c in commands]
     try:
-        return await _send_once(pool, packed)
+        return await _send_once(pool, packed, busy_wait)
     except RedisConnectionError:
         if not retry:
             raise
-        return await _send_once(pool, packed)  # on a fresh connection
+        return await _send_once(pool, packed, busy_wait)  # on a fresh connection
 
 
 # Per pool, a channel no call is using. Taking a connection from redis-py's pool and giving it back (its lock,
@@ -47,14 +56,14 @@ async def send(pool: ConnectionPool, commands: Sequence[Command | bytes], retry:
 _idle: weakref.WeakKeyDictionary[ConnectionPool, Channel] = weakref.WeakKeyDictionary()
 
 
-async def _send_once(pool: ConnectionPool, packed: list[bytes]) -> list[Any]:
+async def _send_once(pool: ConnectionPool, packed: list[bytes], busy_wait: float) -> list[Any]:
     channel = _idle.pop(pool, None) or Channel(pool)
     # One pass of the event loop before writing, as the pool's checkout made (its check for unread data awaits):
     # without it, /score's p99 at one connection was 5.2-5.8 ms instead of 2.4-2.7 (a stream of 100,000+
     # decisions, measured 2026-12-05); which ready callback it lets run first is not established.
     await asyncio.sleep(0)
     try:
-        replies = await channel.send(packed)
+        replies = await channel.send(packed, busy_wait)
     except BaseException:
         await channel.close()  # a failed send has dropped its connection; a reply error left it clean
         raise
@@ -63,6 +72,51 @@ async def _send_once(pool: ConnectionPool, packed: list[bytes]) -> list[Any]:
     else:
         _idle[pool] = channel
     return replies
+
+
+class _Polling:
+    """Keeps one event loop polling (a callback that schedules itself, so the loop's wait for I/O never sleeps)
+    while sends await replies, each for at most its budget."""
+
+    def __init__(self) -> None:
+        # No reference to the loop: it is this object's key in a weak dictionary.
+        self.waiting = 0
+        self.deadline = 0.0
+        self.polling = False
+
+    @contextlib.contextmanager
+    def during(self, seconds: float) -> Iterator[None]:
+        self.deadline = max(self.deadline, time.monotonic() + seconds)
+        self.waiting += 1
+        if not self.polling:
+            self.polling = True
+            asyncio.get_running_loop().call_soon(self._poll)
+        try:
+            yield
+        finally:
+            self.waiting -= 1
+            if not self.waiting:
+                self.deadline = 0.0  # a finished wait's budget must not carry over to the next one
+
+    def _poll(self) -> None:
+        if self.waiting and time.monotonic() < self.deadline:
+            asyncio.get_running_loop().call_soon(self._poll)
+        else:
+            self.polling = False
+
+
+_polling: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Polling] = weakref.WeakKeyDictionary()
+
+
+def _busy_wait(seconds: float) -> contextlib.AbstractContextManager[None]:
+    """The running loop polls for up to ``seconds`` while the block awaits (nothing when ``seconds`` is 0)."""
+    if seconds <= 0:
+        return contextlib.nullcontext()
+    loop = asyncio.get_running_loop()
+    polling = _polling.get(loop)
+    if polling is None:
+        polling = _polling[loop] = _Polling()
+    return polling.during(seconds)
 
 
 class TransactionAborted(RuntimeError):
@@ -77,21 +131,22 @@ class Channel:
         self.pool = pool
         self._connection: Any = None
 
-    async def send(self, commands: Sequence[Command | bytes]) -> list[Any]:
+    async def send(self, commands: Sequence[Command | bytes], busy_wait: float = 0.0) -> list[Any]:
         """Replies of ``commands`` (tuples, or bytes packed already), in order (one write); reply errors are
-        raised after every reply is read."""
+        raised after every reply is read. ``busy_wait``: see the module docstring."""
         packed = [c if isinstance(c, bytes) else hiredis.pack_command(c) for c in commands]
         connection = await self._connect()
         try:
             await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
             error: ResponseError | None = None
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as failed:
-                    error = error or failed
-                    replies.append(failed)
+            with _busy_wait(busy_wait):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as failed:
+                        error = error or failed
+                        replies.append(failed)
         except BaseException:
             await self.close(drop=True)
             raise

@@ -136,3 +136,46 @@ def test_one_shot_sends_keep_one_connection_and_replace_it_when_redis_drops_it()
         await client.aclose()
 
     _with_keys(body)
+
+
+def test_a_busy_wait_polls_the_loop_while_a_reply_is_awaited_and_no_longer_than_its_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from services import packed_commands
+
+    polls: list[float] = []
+    poll = packed_commands._Polling._poll
+
+    def counted(self: packed_commands._Polling) -> None:
+        polls.append(time.monotonic())
+        poll(self)
+
+    monkeypatch.setattr(packed_commands._Polling, "_poll", counted)
+
+    async def body(prefix: str, sync: redis.Redis) -> None:
+        from redis.asyncio import Redis
+
+        from services.packed_commands import send
+
+        client = Redis.from_url(REDIS_URL)
+        pool = client.connection_pool
+        assert await send(pool, [("PING",)]) == [b"PONG"]
+        assert polls == []  # no busy wait asked: the loop sleeps until Redis answers
+        assert await send(pool, [("PING",), ("INCR", f"{prefix}:n")], busy_wait=0.5) == [b"PONG", 1]
+        assert polls  # the loop polled while the replies were awaited...
+        await asyncio.sleep(0.01)
+        count = len(polls)
+        await asyncio.sleep(0.05)
+        assert len(polls) == count  # ...and stopped once they were read, long before its budget
+
+        # A reply slower than the budget: the loop polls for the budget, then sleeps until the reply.
+        polls.clear()
+        started = time.monotonic()
+        assert await send(pool, [("BLPOP", f"{prefix}:empty", 0.3)], busy_wait=0.02) == [None]
+        waited = time.monotonic() - started
+        assert waited >= 0.25 and polls and polls[-1] - started < waited / 2
+        await client.aclose()
+
+    _with_keys(body)
