@@ -92,12 +92,18 @@ class DecisionPublisher:
     TIMEOUT_SECONDS = 1.0
 
     def __init__(
-        self, client: Callable[[], Redis], stream: str, max_length: int, source: str = "scorer"
+        self,
+        client: Callable[[], Redis],
+        stream: str,
+        max_length: int,
+        source: str = "scorer",
+        busy_wait: float = 0.0,
     ) -> None:
         self.client = client
         self.stream = stream
         self.max_length = max_length
         self.source = source
+        self.busy_wait = busy_wait
 
     async def publish(self, records: Sequence[dict[bytes, bytes]]) -> None:
         """XADD every record; ``OnlineStoreUnavailable`` when Redis does not take them (the caller answers 503)."""
@@ -109,7 +115,9 @@ class DecisionPublisher:
         try:
             async with asyncio.timeout(self.TIMEOUT_SECONDS):
                 await send(
-                    self.client().connection_pool, [xadd(self.stream, r, self.max_length) for r in records]
+                    self.client().connection_pool,
+                    [xadd(self.stream, r, self.max_length) for r in records],
+                    busy_wait=self.busy_wait,
                 )
         except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as error:
             reason = str(error) or f"no answer within {self.TIMEOUT_SECONDS}s"
@@ -237,12 +245,10 @@ class OnlineScoring:
         if record:
             source = self.publisher.source if self.publisher is not None else "scorer"
             scored_at = datetime.now(UTC)
-            inputs = champion.model_input(columns)
-            names = list(inputs)
-            # Numbers as floats (NaN is written as null), categories as text: what the model received.
-            values = [v.tolist() if hasattr(v, "tolist") else v for v in inputs.values()]
-            for request, result, row in zip(requests, results, zip(*values, strict=True), strict=True):
-                decision = decision_json(result, scored_at, dict(zip(names, row, strict=True)))
+            # What the model received: numbers as floats (NaN is written as null), categories as text.
+            inputs = champion.input_rows(columns)
+            for request, result, features in zip(requests, results, inputs, strict=True):
+                decision = decision_json(result, scored_at, features)
                 records.append(encode(transaction_json(request), source, decision))
         return Decided(results, records)
 

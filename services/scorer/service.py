@@ -230,7 +230,8 @@ class OnlineScorer:
                 model.contract.feature_service,
                 settings.feature_service,
             )
-        reader = open_feature_reader(settings, model.contract.feature_service)
+        busy_wait = settings.redis_busy_wait_microseconds / 1e6
+        reader = open_feature_reader(settings, model.contract.feature_service, busy_wait)
         metrics = scorer_metrics()
         metrics.set_model(model.name, model.version)
         publisher = None
@@ -246,7 +247,10 @@ class OnlineScorer:
         else:
             # The decision record lives on the online store's Redis, next to the features it was made with.
             publisher = DecisionPublisher(
-                reader.client, settings.stream("transactions"), settings.stream_max_length
+                reader.client,
+                settings.stream("transactions"),
+                settings.stream_max_length,
+                busy_wait=busy_wait,
             )
         self.scoring = OnlineScoring(
             reader, model, metrics, publisher, canary_share=settings.canary_share, baked=True

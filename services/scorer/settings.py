@@ -40,6 +40,12 @@ class ServiceSettings(Settings):
         description="Share of customers (sticky by customer id) whose transactions the challenger decides.",
     )
     max_explained_features: int = Field(10, ge=1, le=100, description="Largest ?explain= a request may ask.")
+    redis_busy_wait_microseconds: int = Field(
+        200,
+        ge=0,
+        description="How long a worker keeps polling for Redis's answer (features, decision record) instead of "
+        "letting its core sleep: CPU spent for latency (0: never). Only when it has nothing else to do.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -90,10 +90,12 @@ def test_every_serving_path_reads_missing_values_as_training_does() -> None:
     np.testing.assert_allclose(served.predict(columns), expected, rtol=0, atol=1e-12)
     few = {c: values[:3] for c, values in columns.items()}
     np.testing.assert_allclose(served.predict(few), expected[:3], rtol=0, atol=1e-12)
-    recorded = served.model_input(columns)
-    assert list(recorded) == contract.features
-    np.testing.assert_array_equal(recorded["amount"], offline["amount"].to_numpy())
-    assert recorded["kind"] == offline["kind"].tolist()
+    # What the decision record keeps: row by row, in the contract's order, as the model read it.
+    recorded = served.input_rows(columns)
+    assert len(recorded) == n and all(list(row) == contract.features for row in recorded)
+    np.testing.assert_array_equal([row["amount"] for row in recorded], offline["amount"].to_numpy())
+    assert [row["kind"] for row in recorded] == offline["kind"].tolist()
+    assert all(type(row["count"]) is float and type(row["kind"]) is str for row in recorded)
     # The explaining path scores from its own pool of rows and shows each reason's value as the model read it.
     explained, reasons = served.predict_and_explain(columns, top=3)
     np.testing.assert_allclose(explained, expected, rtol=0, atol=1e-12)
