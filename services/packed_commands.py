@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -100,6 +101,9 @@ class _Polling:
 
     def _poll(self) -> None:
         if self.waiting and time.monotonic() < self.deadline:
+            # Polling must not take the core from a process that has work (a stream processor beside the
+            # service): give it way, then poll again.
+            os.sched_yield()
             asyncio.get_running_loop().call_soon(self._poll)
         else:
             self.polling = False
