@@ -5,7 +5,8 @@ batch after another (``Channel``, ``TransactionChannel``).
 A sender that waits on Redis with nothing else to do may ask for a busy wait (``busy_wait`` seconds): the event
 loop keeps polling its sockets instead of sleeping until the reply wakes it. On a virtual machine an idle core
 halts, and waking it costs tens of microseconds, twice per round trip; the scoring service trades that CPU
-for latency (``RTML_REDIS_BUSY_WAIT_MICROSECONDS``, figures: docs/architecture.md).
+for latency (``RTML_REDIS_BUSY_WAIT_MICROSECONDS``, figures: docs/architecture.md). Each poll yields the core
+to any other process that wants it.
 
 redis-py's pipeline object packs each command in Python and keeps per-command bookkeeping and response
 callbacks, a large share of a batch feature read and of a stream commit (figures: docs/architecture.md, "Why
