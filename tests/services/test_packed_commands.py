@@ -20,7 +20,7 @@ def _with_keys(body: Callable[[str, redis.Redis], Awaitable[None]]) -> None:
     try:
         asyncio.run(body(prefix, sync))
     finally:
-        if keys := list(sync.scan_iter(f"{prefix}*")):
+        if keys := list(sync.scan_iter(f"{prefix}*", count=10_000)):
             sync.delete(*keys)
         sync.close()
 
